@@ -1,0 +1,309 @@
+"""``torch.compile(model, backend="purify")``: the Dynamo backend.
+
+This module sits beside the pipeline: it composes capture, the pass and an inner compiler, the way
+``torch/_dynamo/backends/debugging.py`` composes ``aot_eager`` — for each graph Dynamo captures:
+
+1. **lower** the torch-level Dynamo graph (``call_method add_``, ``relu(inplace=True)``) to an ATen
+   graph that still holds its mutations (``fxpurify.capture.lower_dynamo_graph``:
+   ``make_fx(pre_dispatch=True)`` under Dynamo's fake mode, so SymInt inputs stay symbolic and
+   nothing is run for real);
+2. **purify** it (``fxpurify.purify``): the result has no mutation left except one write-back per
+   mutated parameter, buffer or input;
+3. hand the pure graph to the **inner** compiler:
+
+   - ``"eager"`` runs the pure ATen graph on ATen kernels. The graph is pre-dispatch (above
+     autograd), so autograd is recorded while it runs and only ever sees out-of-place ops.
+   - ``"inductor"`` calls ``compile_fx(pure_gm, example_inputs)``; Inductor's AOTAutograd then
+     traces autograd over the *pure* program.
+
+   Either way autograd never sees the in-place op that eager autograd rejects: ``y = x.sigmoid();
+   y.mul_(2)`` fails in eager ("modified by an inplace operation"), under ``aot_eager`` and under
+   ``inductor`` (both trace autograd over the mutating program), and runs here with the gradients
+   of the out-of-place program ``y = x.sigmoid() * 2``.
+
+Options (``options=`` or ``mode=`` of ``torch.compile``) are parsed by ``fxpurify.options``. The
+backend is registered once, through the ``torch_dynamo_backends`` entry point in
+``pyproject.toml``; this module must not also call ``register_backend("purify")`` (Dynamo raises
+"duplicate name" when it loads the entry point).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.fx
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from .errors import FxPurifyError, source_line
+from .options import BackendOptions, parse_backend_options
+
+__all__ = ["purify_backend", "InputMutationError", "mutated_inputs"]
+
+log = logging.getLogger(__name__)
+
+# Reasons already warned about (strict=False fallbacks), so a model with many graphs that all hit
+# the same limitation warns once, not once per graph or per recompile.
+_warned: set[str] = set()
+_graph_counter = itertools.count()
+
+
+class InputMutationError(FxPurifyError):
+    """``input_mutations="error"`` and the graph writes to a parameter, buffer or user input.
+
+    Defined here until ``fxpurify.errors`` carries it (requested from the core owner).
+    """
+
+    kind = "input-mutation"
+
+
+def purify_backend(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    *,
+    options: Any = None,
+    mode: str | None = None,
+) -> Callable[..., Any]:
+    """Dynamo backend: lower ``gm`` to ATen, purify it, compile the pure graph with the inner
+    compiler, and publish the report. Called once per captured graph (graph breaks give several).
+    """
+    opts = parse_backend_options(options, mode)
+    graph_id = _graph_id()
+    try:
+        aten_gm = _lower(gm, example_inputs)
+    except Exception as exc:  # lowering is capture's job; a failure there is not the user's
+        return _fallback(gm, example_inputs, opts, graph_id, "lowering to ATen failed", exc)
+
+    if opts.input_mutations == "error":
+        found = mutated_inputs(aten_gm, gm)
+        if found:
+            raise InputMutationError(_describe_mutations(found), hint=(
+                "remove the in-place update from forward (keep state outside the model), or "
+                "compile with options={'input_mutations': 'copy_back'} to have it written back"
+            ))
+
+    try:
+        pure_gm = _purify(aten_gm, example_inputs)
+    except Exception as exc:
+        return _fallback(gm, example_inputs, opts, graph_id, "purification failed", exc)
+
+    _publish(graph_id, gm, aten_gm, pure_gm, opts)
+    return _compile_inner(pure_gm, example_inputs, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+
+
+def _lower(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
+    try:
+        from .capture import lower_dynamo_graph
+    except ImportError:  # capture not landed yet in this checkout
+        lower_dynamo_graph = _lower_dynamo_graph_standin
+    return lower_dynamo_graph(gm, list(example_inputs))
+
+
+def _lower_dynamo_graph_standin(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+    """Stand-in for ``fxpurify.capture.lower_dynamo_graph`` (used only if capture is missing).
+
+    Runs ``gm`` through an ``Interpreter`` under ``preserve_node_meta`` so every ATen node keeps
+    the user's ``stack_trace``; fakes come from Dynamo's fake mode so SymInts stay symbolic.
+    """
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    fake_mode = detect_fake_mode(example_inputs) or FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fakes = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
+                 for x in example_inputs]
+
+    def run(*args):
+        return torch.fx.Interpreter(gm).run(*args)
+
+    with fake_mode, torch.fx.traceback.preserve_node_meta():
+        return make_fx(run, pre_dispatch=True)(*fakes)
+
+
+def _purify(aten_gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
+    from .pipeline import purify
+
+    # The lowered graph carries meta["val"] fakes from Dynamo's fake mode; example inputs are
+    # real tensors that purify does not need (and must not run on).
+    return purify(aten_gm)
+
+
+def _compile_inner(pure_gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                   opts: BackendOptions) -> Callable[..., Any]:
+    if opts.inner == "eager":
+        # The pure graph is pre-dispatch ATen: running it records autograd over pure ops only.
+        return pure_gm
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(pure_gm, list(example_inputs), config_patches=opts.config_patches() or None)
+
+
+def _fallback(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], opts: BackendOptions,
+              graph_id: str, what: str, exc: Exception) -> Callable[..., Any]:
+    """strict=False: run the graph unpurified, after one warning per distinct reason."""
+    if opts.strict or isinstance(exc, InputMutationError):
+        raise exc
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    kind = "" if isinstance(exc, FxPurifyError) else " (internal error, please report it)"
+    reason = f"{what}{kind}: {type(exc).__name__}: {first_line}"
+    runner = "the original graph eagerly" if opts.inner == "eager" else "plain Inductor"
+    log.debug("graph %s not purified", graph_id, exc_info=exc)
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(
+            f"fxpurify backend: graph {graph_id} runs unpurified ({runner}); {reason}. "
+            "Pass options={'strict': True} to raise instead.",
+            stacklevel=2,
+        )
+    if opts.inner == "eager":
+        return gm.forward
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, list(example_inputs), config_patches=opts.config_patches() or None)
+
+
+# --------------------------------------------------------------------------------------------
+# input mutations (input_mutations="error")
+
+# Ops whose schema hides a write (pytorch/pytorch#73050): (position of the `training` flag,
+# positions of the tensors written when it is True). Train-mode batch norm updates its running
+# statistics without an `(a!)` annotation.
+_HIDDEN_WRITES = {
+    "aten::batch_norm": (5, (3, 4)),
+    "aten::native_batch_norm": (5, (3, 4)),
+    "aten::instance_norm": (5, (3, 4)),
+    "aten::cudnn_batch_norm": (5, (3, 4)),
+    "aten::miopen_batch_norm": (5, (3, 4)),
+}
+
+
+def _written_args(node: torch.fx.Node) -> list[Any]:
+    """The arguments ``node`` writes to, from its schema's alias annotations plus the table of
+    hidden writers."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload):
+        return []
+    schema = target._schema
+    written = []
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            if i < len(node.args):
+                written.append(node.args[i])
+            elif arg.name in node.kwargs:
+                written.append(node.kwargs[arg.name])
+    hidden = _HIDDEN_WRITES.get(schema.name)
+    if hidden is not None:
+        flag, positions = hidden
+        if len(node.args) > flag and node.args[flag] is True:
+            written.extend(node.args[p] for p in positions if p < len(node.args))
+    flat = []
+    for w in written:
+        flat.extend(w if isinstance(w, (list, tuple)) else [w])
+    return [w for w in flat if isinstance(w, torch.fx.Node)]
+
+
+def _storage(node: torch.fx.Node):
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        try:
+            return StorageWeakRef(val.untyped_storage())
+        except (NotImplementedError, RuntimeError):  # e.g. sparse or subclass values
+            return None
+    return None
+
+
+def mutated_inputs(aten_gm: torch.fx.GraphModule,
+                   dynamo_gm: torch.fx.GraphModule | None = None) -> list[tuple[str, str, str]]:
+    """Each write to a graph input: ``(input name, op, source line)``, in program order.
+
+    An input is written when an op writes (by schema, or by the hidden-writer table) a tensor
+    whose storage is the input's storage: views of inputs count. Names come from Dynamo's
+    sources (``L['self']._buffers['b']``) when ``dynamo_gm`` is given (same placeholder order).
+    """
+    placeholders = [n for n in aten_gm.graph.nodes if n.op == "placeholder"]
+    names = [n.name for n in placeholders]
+    if dynamo_gm is not None:
+        dyn = [n for n in dynamo_gm.graph.nodes if n.op == "placeholder"]
+        if len(dyn) == len(placeholders):
+            names = [_source_name(n) for n in dyn]
+    by_storage = {}
+    for ph, name in zip(placeholders, names):
+        st = _storage(ph)
+        if st is not None:
+            by_storage.setdefault(st, name)
+    found = []
+    for node in aten_gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        for arg in _written_args(node):
+            name = by_storage.get(_storage(arg)) if _storage(arg) is not None else None
+            if name is not None:
+                found.append((name, str(node.target), source_line(node)))
+    return found
+
+
+def _source_name(node: torch.fx.Node) -> str:
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    if source is not None:
+        try:
+            return source.name
+        except Exception:  # noqa: BLE001 - a name is cosmetic; never fail the compile on it
+            pass
+    return str(node.target)
+
+
+def _describe_mutations(found: list[tuple[str, str, str]]) -> str:
+    lines = [f"graph mutates {len({f[0] for f in found})} input(s) "
+             "(parameters, buffers or user inputs) and input_mutations='error' forbids it:"]
+    lines += [f"  - {name}: {op} at {where}" for name, op, where in found]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def _graph_id() -> str:
+    n = next(_graph_counter)
+    try:
+        from torch._guards import CompileContext
+
+        cid = CompileContext.current_compile_id()
+    except Exception:  # noqa: BLE001 - outside Dynamo (direct calls) there is no compile id
+        cid = None
+    return f"g{n:03d}" + (f"_{str(cid).replace('/', '_')}" if cid is not None else "")
+
+
+def _publish(graph_id: str, dynamo_gm: torch.fx.GraphModule, aten_gm: torch.fx.GraphModule,
+             pure_gm: torch.fx.GraphModule, opts: BackendOptions) -> None:
+    from .report import report_of
+
+    report = report_of(pure_gm)
+    log.debug("graph %s purified: %d ATen nodes -> %d nodes", graph_id,
+              len(aten_gm.graph.nodes), len(pure_gm.graph.nodes))
+    if opts.log_report:
+        log.info("fxpurify report for graph %s:\n%s", graph_id, report.table())
+    if opts.report_dir is not None:
+        os.makedirs(opts.report_dir, exist_ok=True)
+        base = os.path.join(opts.report_dir, graph_id)
+        _write(base + ".dynamo.txt", dynamo_gm.print_readable(print_output=False))
+        _write(base + ".before.txt", aten_gm.print_readable(print_output=False))
+        _write(base + ".after.txt", pure_gm.print_readable(print_output=False))
+        _write(base + ".report.txt", report.table())
+        _write(base + ".report.json", json.dumps(report.to_dict(), indent=2, default=str))
+        log.debug("graph %s: wrote %s.*", graph_id, base)
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
