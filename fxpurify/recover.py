@@ -1,0 +1,586 @@
+"""Paying less for purity: memory-recovery transforms of the *emitted* pure program.
+
+This module sits after the pipeline (``purify`` → **recover** → run). The pure graph that
+``fxpurify.purify`` returns stays the IR a user inspects; what this module changes is how that
+graph is *run*. It takes a pure ``GraphModule`` and returns a new one that computes exactly the
+same outputs and leaves every input in exactly the same state, while allocating less.
+
+Where the price of purity comes from (measured in ``benchmarks/``):
+
+* **pile-up**: the pure form writes every mutated input back in an epilogue, after everything
+  else, so each input's new value stays alive until the end of the graph. In an optimizer step
+  over 100 parameters that is 100 new parameters + 200 new moment buffers alive at once, where
+  the in-place step held one temporary at a time.
+* **rebuild**: an in-place write of a small slice of a big input (a KV-cache update) becomes a
+  functional scatter that rebuilds the whole input, then a ``copy_`` of the whole input back.
+
+Two transforms answer them, each proven below, and :func:`extra_bytes` reports the price per
+graph.
+
+Alias model used by both proofs
+-------------------------------
+Every node gets a set of *alias roots*: a placeholder, ``get_attr`` or fresh op result owns its
+storage (roots = {itself}); a view (schema: first return carries a non-write ``alias_info``, as
+in ``torch/fx/passes/reinplace.py``) and ``getitem`` of a view inherit the roots of their base;
+anything we cannot classify (a non-ATen ``call_function``, a higher-order op) conservatively
+inherits the roots of *all* its tensor arguments plus itself. ``closure(p)`` is every node whose
+roots contain ``p``. A node *reads p* if one of its arguments is in ``closure(p)``.
+The emitted graph's call-time guard (``check_inputs_not_aliased``) guarantees that distinct
+placeholders do not share storage, which is what lets roots stand for storages.
+
+A. Early write-back
+-------------------
+Before::
+
+    new = f(p, ...)            # last read of p's old value
+    ... 1000 more nodes ...    # none reads p; `new` stays alive
+    copy_(p, new)              # epilogue
+
+After::
+
+    new = f(p, ...)
+    copy_(p, new)              # `new` dies here (FX frees values after their last use)
+    ... 1000 more nodes ...
+
+Rule: for an epilogue ``c = aten.copy_.default(p, v)`` with ``p`` a placeholder (or owned
+``get_attr``), move ``c`` to just after ``P = max(pos(v), last node before c that reads p)``.
+
+Why it is sound. Let the nodes strictly between ``P`` and ``c``'s old position be ``M``.
+(1) No node of ``M`` reads ``p`` (nor any alias of it): ``P`` is after the last such reader, so
+each of them sees the same value of ``p`` as before — the old one. (2) Nodes after ``c``'s old
+position that read ``p`` wanted the new value, and still come after ``c``. (3) ``c`` itself
+reads ``v``; moving it earlier changes what it reads only if ``v``'s storage is written inside
+``M``. The only writes in a pure graph are epilogue copies, so we require that ``v`` does not
+alias any written input (``roots(v)`` contains no written placeholder). (4) ``c`` must be the
+only write to ``p`` (a metadata epilogue ``as_strided_`` or a second write disables the move).
+(5) Autograd: ``c`` still bumps ``p``'s version before any backward can run, and every node
+that may have saved ``p`` for backward runs before ``c`` in both orders — so the set of saved
+tensors that see the bump is the same. Leaf inputs that require grad are written by
+``fxpurify.runtime.write_back_input``; those writes are moved by the same rule.
+
+B. In-place final scatter
+-------------------------
+Before::
+
+    s = index_copy(p, 2, pos, k)     # functional rebuild of the whole cache
+    out = sdpa(q, s, ...)            # readers of the new value
+    copy_(p, s)                      # and a full copy back
+
+After::
+
+    index_copy_(p, 2, pos, k)        # write only the slice, in place
+    out = sdpa(q, p, ...)            # p now *is* s
+
+Rule: for an epilogue ``c = aten.copy_.default(p, s)`` where ``s = op(p, *rest)`` and ``op`` is a
+functional scatter whose in-place sibling exists (``index_put``/``index_copy``/``index_fill``/
+``index_add``/``scatter*``/``masked_fill``/``masked_scatter``, found by schema), or a view scatter
+(``slice_scatter``/``select_scatter``/``diagonal_scatter`` → ``view(p, ...).copy_(src)``, nested
+view scatters collapsing into one chain of views): emit the in-place form after
+``P = max(pos(rest args), last node other than s and c that reads p)``, replace every use of
+``s`` by ``p``, drop ``s`` and ``c``.
+
+Why it is sound. After the in-place op, ``p`` holds exactly ``s`` (same op, same arguments,
+``p``'s old value as base), so (1) every former user of ``s`` reads the same values — we require
+all of them to come after ``P``, and require ``s`` to have ``p``'s shape, dtype and strides (so
+stride-sensitive readers such as ``view`` see the same layout; DESIGN pitfall 6); (2) no node
+between ``P`` and ``c`` reads ``p``'s old value (definition of ``P``), and nodes after ``c`` wanted
+the new one; (3) the in-place op reads its other operands while it writes ``p``: we require none
+of them to alias ``p`` (DESIGN pitfall 13: ``torch.fx.passes.reinplace`` rewrote ``a[1:] - a[:-1]``
+into an overlapping in-place op) nor any other written input; (4) ``s`` must not be a graph
+output, or the caller would receive an alias of its input where it used to get a fresh tensor;
+(5) autograd: only a plain ``aten.copy_`` is replaced — the core emits it only where a plain
+in-place write to ``p`` is legal (inputs requiring grad go through ``write_back_input``), the
+version bump happens after every reader of the old value exactly as with the epilogue copy,
+and none of these scatters' backward formulas needs the old ``self``.
+``as_strided_scatter`` is not rewritten: ``as_strided`` on ``p`` and on ``p.clone()`` address
+different elements when ``p`` has an offset or odd strides, and its views may overlap
+(DESIGN pitfall 5).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import operator
+from typing import Any, Iterable
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_leaves
+
+log = logging.getLogger(__name__)
+
+aten = torch.ops.aten
+
+__all__ = ["recover_memory", "extra_bytes", "allocated_bytes", "RecoveryRecord",
+           "records_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryRecord:
+    """One rewrite done by :func:`recover_memory`, kept in ``gm.meta["fxpurify_recover"]``."""
+
+    kind: str        # "early_writeback" | "inplace_scatter"
+    input: str       # the placeholder / get_attr written
+    node: str        # the copy (early write-back) or scatter (in-place) node of the pure graph
+    detail: str      # what happened, e.g. "moved 812 nodes earlier" / "index_copy -> index_copy_"
+    bytes: int       # bytes no longer held (early write-back) / no longer allocated (scatter)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ViewScatter:
+    """A view scatter and the view it inverts: ``scatter(base, src, *a)`` ==
+    ``base.clone()`` with ``view(clone, *a).copy_(src)``."""
+
+    view: Any
+    # view_copy ops a functionalized graph uses in place of the view when it regenerates the
+    # base of a nested scatter (``make_fx(functionalize(remove="mutations_and_views"))``).
+    view_copy: Any
+
+
+# The one table of hand-written knowledge: which view each view-scatter inverts. Index-style
+# scatters need no table: their in-place sibling is found by schema (``_inplace_sibling``).
+_VIEW_SCATTERS = {
+    aten.slice_scatter.default: _ViewScatter(aten.slice.Tensor, aten.slice_copy.Tensor),
+    aten.select_scatter.default: _ViewScatter(aten.select.int, aten.select_copy.int),
+    aten.diagonal_scatter.default: _ViewScatter(aten.diagonal.default,
+                                                aten.diagonal_copy.default),
+}
+
+# Functional index/scatter ops whose in-place sibling writes only the addressed elements.
+_INDEX_SCATTER_NAMES = frozenset({
+    "index_put", "index_copy", "index_fill", "index_add", "scatter", "scatter_add",
+    "scatter_reduce", "masked_fill", "masked_scatter",
+})
+
+_COPY = aten.copy_.default
+
+
+# ----------------------------------------------------------------------------- op knowledge
+
+_sibling_cache: dict[Any, Any] = {}
+
+
+def _inplace_sibling(op: Any) -> Any | None:
+    """``aten.foo.ov`` -> ``aten.foo_.ov`` when both exist with the same argument types.
+
+    Found by name, then confirmed by schema (the habit of ``torch/fx/passes/reinplace.py``):
+    the in-place overload must take the same arguments and write only ``self``.
+    """
+    if op in _sibling_cache:
+        return _sibling_cache[op]
+    found = None
+    if isinstance(op, torch._ops.OpOverload) and op.__name__.split(".")[0] in _INDEX_SCATTER_NAMES:
+        name = op._schema.name.split("::")[-1]
+        packet = getattr(aten, name + "_", None)
+        ov = op._overloadname
+        cand = getattr(packet, ov, None) if packet is not None else None
+        if cand is not None:
+            a, b = op._schema.arguments, cand._schema.arguments
+            same = len(a) == len(b) and all(str(x.type) == str(y.type) for x, y in zip(a, b))
+            writes_self_only = (
+                b[0].alias_info is not None and b[0].alias_info.is_write
+                and all(x.alias_info is None for x in b[1:])
+            )
+            if same and writes_self_only:
+                found = cand
+    _sibling_cache[op] = found
+    return found
+
+
+def _is_view(node: fx.Node) -> bool:
+    """True when the node's result may share storage with its first tensor argument."""
+    t = node.target
+    if node.op != "call_function":
+        return False
+    if t is operator.getitem:
+        return True  # decided by the base's roots: a fresh tuple gives fresh items
+    if isinstance(t, torch._ops.OpOverload):
+        rets = t._schema.returns
+        return bool(rets) and rets[0].alias_info is not None
+    return False
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in tree_leaves((node.args, node.kwargs)) if isinstance(a, fx.Node)]
+
+
+def _alias_roots(graph: fx.Graph) -> dict[fx.Node, frozenset]:
+    """Alias roots of every node (see the module docstring)."""
+    roots: dict[fx.Node, frozenset] = {}
+    for n in graph.nodes:
+        args = _node_args(n)
+        if n.op in ("placeholder", "get_attr", "output"):
+            roots[n] = frozenset({n})
+        elif n.op == "call_function" and n.target is operator.getitem:
+            base = args[0]
+            roots[n] = roots[base] if roots[base] != frozenset({base}) else frozenset({n})
+        elif n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload):
+            if _is_view(n) and args:
+                roots[n] = roots[args[0]]
+            else:
+                roots[n] = frozenset({n})
+        else:  # unknown callable, call_module, higher-order op: may alias any tensor argument
+            r = {n}
+            for a in args:
+                r |= roots.get(a, frozenset())
+            roots[n] = frozenset(r)
+    return roots
+
+
+def _is_write_back(node: fx.Node) -> bool:
+    t = node.target
+    return (node.op == "call_function" and getattr(t, "__name__", "") == "write_back_input"
+            and "fxpurify" in getattr(t, "__module__", ""))
+
+
+def _writes(node: fx.Node) -> list[fx.Node]:
+    """Argument nodes this node writes (schema alias annotations; runtime write-backs)."""
+    if node.op != "call_function":
+        return []
+    if _is_write_back(node):
+        return [node.args[0]]
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload) and t._schema.is_mutable:
+        out = []
+        for i, a in enumerate(t._schema.arguments):
+            if a.alias_info is not None and a.alias_info.is_write:
+                v = node.args[i] if i < len(node.args) else node.kwargs.get(a.name)
+                out.extend(x for x in tree_leaves(v) if isinstance(x, fx.Node))
+        return out
+    return []
+
+
+def _val(node: Any) -> Any:
+    return node.meta.get("val") if isinstance(node, fx.Node) else None
+
+
+def _nbytes(val: Any) -> int:
+    total = 0
+    for t in tree_leaves(val):
+        if isinstance(t, torch.Tensor):
+            try:
+                total += int(t.numel()) * t.element_size()
+            except Exception:  # unbacked / symbolic size without a hint: not counted
+                pass
+    return total
+
+
+# ----------------------------------------------------------------------------- analysis
+
+@dataclasses.dataclass
+class _Analysis:
+    pos: dict[fx.Node, int]
+    roots: dict[fx.Node, frozenset]
+    written: dict[fx.Node, list[fx.Node]]   # written target -> nodes writing it (any alias)
+    has_call_module: bool
+
+    def readers_before(self, target: fx.Node, limit: int,
+                       exclude: Iterable[fx.Node]) -> int:
+        """Position of the last node before ``limit`` that reads ``target`` (or -1)."""
+        ex = set(exclude)
+        last = self.pos[target]
+        for n, i in self.pos.items():
+            if i >= limit or n in ex:
+                continue
+            if any(target in self.roots.get(a, ()) for a in _node_args(n)):
+                last = max(last, i)
+        return last
+
+
+def _analyse(graph: fx.Graph) -> _Analysis:
+    pos = {n: i for i, n in enumerate(graph.nodes)}
+    roots = _alias_roots(graph)
+    written: dict[fx.Node, list[fx.Node]] = {}
+    for n in graph.nodes:
+        for w in _writes(n):
+            for r in roots.get(w, frozenset({w})):
+                written.setdefault(r, []).append(n)
+    has_cm = any(n.op == "call_module" for n in graph.nodes)
+    return _Analysis(pos, roots, written, has_cm)
+
+
+def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
+    """For each target: sorted positions of nodes reading it (one pass over the graph)."""
+    reads: dict[fx.Node, list[int]] = {t: [] for t in targets}
+    for n in graph.nodes:
+        hit = set()
+        for a in _node_args(n):
+            hit |= an.roots.get(a, frozenset()) & targets
+        for t in hit:
+            reads[t].append(an.pos[n])
+    return reads
+
+
+def _copy_candidates(graph: fx.Graph, an: _Analysis, *, plain_only: bool):
+    """Epilogue writes ``c`` with their target, where ``c`` is the only write to that target."""
+    for c in graph.nodes:
+        if c.op != "call_function":
+            continue
+        is_copy = c.target is _COPY
+        if not (is_copy or (not plain_only and _is_write_back(c))):
+            continue
+        p = c.args[0]
+        if not isinstance(p, fx.Node) or p.op not in ("placeholder", "get_attr"):
+            continue
+        if p.op == "get_attr" and an.has_call_module:
+            continue  # a submodule may read the buffer without an edge in this graph
+        if an.written.get(p) != [c]:
+            continue  # several writes (e.g. a metadata epilogue): keep the emitted order
+        if len(c.args) > 2 or c.kwargs:  # copy_(dst, src, non_blocking) is fine only default
+            if not (len(c.args) == 3 and c.args[2] is False):
+                continue
+        yield c, p, c.args[1]
+
+
+# ----------------------------------------------------------------------------- transforms
+
+def _last_old_read(reads: list[int], limit: int, skip: set[int]) -> int:
+    last = -1
+    for i in reads:
+        if i < limit and i not in skip:
+            last = max(last, i)
+    return last
+
+
+def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
+    graph = gm.graph
+    an = _analyse(graph)
+    cands = list(_copy_candidates(graph, an, plain_only=False))
+    if not cands:
+        return
+    reads = _last_reads(graph, an, {p for _, p, _ in cands})
+    nodes = list(graph.nodes)
+    written_targets = set(an.written)
+    moves = []
+    for c, p, v in cands:
+        if not isinstance(v, fx.Node):
+            continue
+        if an.roots.get(v, frozenset()) & written_targets:
+            continue  # v aliases a written input: moving c would change what it reads
+        pc = an.pos[c]
+        anchor = max(an.pos[v], _last_old_read(reads[p], pc, {pc}), an.pos[p])
+        if anchor + 1 >= pc:
+            continue
+        moves.append((c, p, v, nodes[anchor], pc - anchor - 1))
+    for c, p, v, after, distance in moves:
+        after.append(c)
+        records.append(RecoveryRecord(
+            "early_writeback", p.name, c.name,
+            f"moved {distance} nodes earlier, after {after.name}", _nbytes(_val(v))))
+
+
+def _same_layout(a: Any, b: Any) -> bool:
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    try:
+        return (a.dtype == b.dtype and a.device == b.device and tuple(a.shape) == tuple(b.shape)
+                and tuple(a.stride()) == tuple(b.stride()))
+    except Exception:
+        return False
+
+
+def _matches_view(node: Any, spec: _ViewScatter, base: fx.Node, view_args: tuple) -> bool:
+    """``node`` is ``view(base, *view_args)`` (or its view_copy twin), with defaults filled."""
+    if not isinstance(node, fx.Node) or node.target not in (spec.view, spec.view_copy):
+        return False
+    if node.kwargs or not node.args or node.args[0] is not base:
+        return False
+    return _norm_args(node.target, node.args[1:]) == _norm_args(spec.view, view_args)
+
+
+def _norm_args(op: Any, args: tuple) -> tuple:
+    """Positional args with schema defaults filled, so slice(x, 0) == slice(x, 0, None, None, 1)."""
+    schema_args = op._schema.arguments[1:]
+    out = list(args)
+    for a in schema_args[len(out):]:
+        out.append(a.default_value if a.has_default_value() else object())
+    return tuple(out)
+
+
+def _plan_scatter(s: fx.Node, base: fx.Node, chain: list, leaves: list, dead: list) -> bool:
+    """Describe how to run ``s`` (a scatter into ``base``) in place.
+
+    Appends to ``chain`` the view steps from the input to the written region and ends it with the
+    final write; ``leaves`` collects the operands the write reads; ``dead`` the nodes that vanish.
+    """
+    t = s.target
+    if t in _VIEW_SCATTERS:
+        spec = _VIEW_SCATTERS[t]
+        if s.kwargs or len(s.args) < 2:
+            return False
+        src, view_args = s.args[1], tuple(s.args[2:])
+        chain.append(("view", spec.view, view_args))
+        # Nested: src = scatter'(view(base, *view_args), src', ...) used only here.
+        if (isinstance(src, fx.Node) and len(src.users) == 1
+                and (src.target in _VIEW_SCATTERS or _inplace_sibling(src.target) is not None)
+                and _matches_view(src.args[0], spec, base, view_args)):
+            inner_base = src.args[0]
+            dead.append(src)
+            if len(inner_base.users) == 1:
+                dead.append(inner_base)
+            return _plan_scatter(src, inner_base, chain, leaves, dead)
+        chain.append(("copy", _COPY, (src,)))
+        leaves.append(src)
+        return True
+    sib = _inplace_sibling(t)
+    if sib is None or s.kwargs:
+        return False
+    chain.append(("inplace", sib, tuple(s.args[1:])))
+    leaves.extend(a for a in tree_leaves(s.args[1:]) if isinstance(a, fx.Node))
+    return True
+
+
+def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
+    graph = gm.graph
+    an = _analyse(graph)
+    cands = [(c, p, s) for c, p, s in _copy_candidates(graph, an, plain_only=True)
+             if isinstance(s, fx.Node) and s.op == "call_function" and s.args
+             and s.args[0] is p]
+    if not cands:
+        return
+    reads = _last_reads(graph, an, {p for _, p, _ in cands})
+    nodes = list(graph.nodes)
+    written_targets = set(an.written)
+    plans = []
+    for c, p, s in cands:
+        chain: list = []
+        leaves: list = []
+        dead: list = [s]
+        if not _plan_scatter(s, p, chain, leaves, dead):
+            continue
+        if not _same_layout(_val(s), _val(p)):
+            continue  # shape/dtype/strides differ: readers of s would see another layout
+        if any(u.op == "output" for u in s.users):
+            continue  # returning p instead of a fresh tensor would alias the caller's input
+        if any(an.roots.get(a, frozenset({a})) & written_targets for a in leaves):
+            continue  # an operand overlaps a written input (DESIGN pitfall 13)
+        pc = an.pos[c]
+        skip = {an.pos[d] for d in dead} | {pc}
+        anchor = max([_last_old_read(reads[p], pc, skip), an.pos[p]]
+                     + [an.pos[a] for a in leaves])
+        if any(an.pos[u] <= anchor for u in s.users if u is not c):
+            continue  # a reader of the new value sits before the last reader of the old one
+        plans.append((c, p, s, chain, dead, nodes[anchor]))
+    for c, p, s, chain, dead, after in plans:
+        cur = p
+        insert_at = after
+        new_nodes = []
+        for _kind, op, args in chain:  # views of p, then the write: all (target, *args)
+            with graph.inserting_after(insert_at):
+                cur = graph.call_function(op, (cur, *args))
+            insert_at = cur
+            new_nodes.append(cur)
+        for n in new_nodes:
+            n.meta["fxpurify_recover"] = f"in place of {s.name} ({s.target})"
+            if "stack_trace" in s.meta:
+                n.meta["stack_trace"] = s.meta["stack_trace"]
+        _set_val(new_nodes, p)
+        c.replace_all_uses_with(p)
+        graph.erase_node(c)
+        s.replace_all_uses_with(p)
+        for d in dead:
+            if not d.users:
+                graph.erase_node(d)
+        records.append(RecoveryRecord(
+            "inplace_scatter", p.name, s.name,
+            f"{s.target} -> " + " -> ".join(str(op) for _, op, _ in chain),
+            _nbytes(_val(p))))
+
+
+def _set_val(new_nodes: list[fx.Node], p: fx.Node) -> None:
+    """Carry fake values onto the new nodes where cheap: the final write returns its target."""
+    pv = _val(p)
+    if new_nodes and pv is not None and new_nodes[0].target not in (
+            aten.slice.Tensor, aten.select.int, aten.diagonal.default):
+        new_nodes[-1].meta["val"] = pv
+
+
+# ----------------------------------------------------------------------------- public API
+
+def recover_memory(pure_gm: fx.GraphModule, *, early_writeback: bool = True,
+                   inplace_scatter: bool = True) -> fx.GraphModule:
+    """Return a new ``GraphModule`` that runs ``pure_gm`` with less memory.
+
+    The input is never modified (nodes are copied into a new graph that shares the module's
+    parameters and buffers, and keeps its codegen). ``inplace_scatter`` runs first, so the write
+    it makes in place is not also moved by ``early_writeback``. What was done is listed in
+    ``result.meta["fxpurify_recover"]`` (:class:`RecoveryRecord` rows; see :func:`records_of`).
+    """
+    graph = fx.Graph(owning_module=None, tracer_cls=pure_gm.graph._tracer_cls)
+    graph._codegen = copy.copy(pure_gm.graph._codegen)  # codegen is read-only in use
+    val_map: dict[fx.Node, fx.Node] = {}
+    out = graph.graph_copy(pure_gm.graph, val_map, return_output_node=True)
+    out_node = out[1] if isinstance(out, tuple) else None
+    if out_node is not None:
+        new_out = graph.output(out[0], type_expr=out_node.type)
+        new_out.meta = copy.copy(out_node.meta)
+    else:
+        graph.output(out)
+    gm = fx.GraphModule(pure_gm, graph, class_name=type(pure_gm).__name__)
+    gm.meta = dict(getattr(pure_gm, "meta", {}))
+    records: list[RecoveryRecord] = []
+    if inplace_scatter:
+        _inplace_scatter(gm, records)
+    if early_writeback:
+        _early_writeback(gm, records)
+    gm.graph.lint()
+    gm.recompile()
+    gm.meta["fxpurify_recover"] = records
+    log.info("recover_memory: %d rewrites (%s)", len(records),
+             ", ".join(f"{r.kind}:{r.input}" for r in records) or "none")
+    return gm
+
+
+def records_of(gm: fx.GraphModule) -> list[RecoveryRecord]:
+    """The rewrites :func:`recover_memory` made on ``gm`` (empty if none / not recovered)."""
+    return list(getattr(gm, "meta", {}).get("fxpurify_recover", []))
+
+
+def allocated_bytes(gm: fx.GraphModule) -> int:
+    """Bytes of fresh storage the graph's nodes allocate in one call (cumulative).
+
+    Views, in-place ops and copies into existing tensors allocate nothing; every other ATen
+    result allocates ``nbytes`` of its ``meta["val"]``. Needs ``meta["val"]`` (nodes without it
+    count 0). This is the static counterpart of ``memory.MemoryStats.total``.
+    """
+    total = 0
+    roots = _alias_roots(gm.graph)
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or roots.get(n) != frozenset({n}):
+            continue
+        if n.target is operator.getitem:
+            continue  # counted on the multi-output op itself
+        total += _nbytes(_val(n))
+    return total
+
+
+def extra_bytes(pure_gm: fx.GraphModule, original: fx.GraphModule | None = None) -> int:
+    """Bytes the pure form allocates beyond the in-place original, for one call of the graph.
+
+    With ``original`` (the mutating graph that was purified): ``allocated_bytes(pure_gm) -
+    allocated_bytes(original)`` — the exact static difference, since in-place ops allocate
+    nothing and their functional replacements allocate their full result.
+
+    Without it, a lower bound read off the pure graph alone: the bytes of every value written
+    back into an input (each one is a full-size buffer the in-place program never needed), plus
+    the nested view-scatter results feeding them.
+    """
+    if original is not None:
+        return allocated_bytes(pure_gm) - allocated_bytes(original)
+    total = 0
+    seen: set[fx.Node] = set()
+    for n in pure_gm.graph.nodes:
+        if n.op == "call_function" and (n.target is _COPY or _is_write_back(n)):
+            stack = [n.args[1]] if len(n.args) > 1 else []
+            while stack:
+                v = stack.pop()
+                if not isinstance(v, fx.Node) or v in seen or v.op != "call_function":
+                    continue
+                seen.add(v)
+                if _is_view(v):
+                    continue
+                total += _nbytes(_val(v))
+                if v.target in _VIEW_SCATTERS and len(v.args) > 1:
+                    stack.append(v.args[1])
+    return total
