@@ -73,10 +73,13 @@ def purify_backend(
     """
     opts = parse_backend_options(options, mode)
     graph_id = _graph_id()
+    gm, attrs = _lift_tensor_attrs(gm)
+    example_inputs = [*example_inputs, *attrs]
     try:
         aten_gm = _lower(gm, example_inputs)
     except Exception as exc:  # lowering is capture's job; a failure there is not the user's
-        return _fallback(gm, example_inputs, opts, graph_id, "lowering to ATen failed", exc)
+        return _bind(_fallback(gm, example_inputs, opts, graph_id, "lowering to ATen failed", exc),
+                     attrs)
 
     if opts.input_mutations == "error":
         found = mutated_inputs(aten_gm, gm)
@@ -89,10 +92,66 @@ def purify_backend(
     try:
         pure_gm = _purify(aten_gm, example_inputs)
     except Exception as exc:
-        return _fallback(gm, example_inputs, opts, graph_id, "purification failed", exc)
+        return _bind(_fallback(gm, example_inputs, opts, graph_id, "purification failed", exc),
+                     attrs)
 
     _publish(graph_id, gm, aten_gm, pure_gm, opts)
-    return _compile_inner(pure_gm, example_inputs, opts)
+    return _bind(_compile_inner(pure_gm, example_inputs, opts), attrs)
+
+
+def _lift_tensor_attrs(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
+    """Turn tensor ``get_attr`` nodes into trailing placeholders.
+
+    Dynamo installs tensors it does not pass as inputs as attributes of the graph module (an
+    optimizer's parameters and state, for instance). Real tensors cannot enter the fake-mode
+    lowering, and a write to one is a write to user state that the pure graph must express as
+    an epilogue copy into an *input*. So, like ``aot_module_simplified`` does for parameters,
+    they become inputs, and :func:`_bind` passes the same tensor objects at every call.
+    """
+    attr_nodes = [n for n in gm.graph.nodes if n.op == "get_attr"
+                  and isinstance(_fetch_attr(gm, n.target), torch.Tensor)]
+    if not attr_nodes:
+        return gm, []
+    graph = torch.fx.Graph()
+    out = graph.graph_copy(gm.graph, val_map := {})
+    last = [n for n in graph.nodes if n.op == "placeholder"]
+    lifted: dict[str, torch.fx.Node] = {}
+    values = []
+    for old in attr_nodes:
+        new = val_map[old]
+        if old.target not in lifted:
+            where = last[-1] if last else None
+            ctx = graph.inserting_after(where) if where is not None else graph.inserting_before(
+                next(iter(graph.nodes)))
+            with ctx:
+                ph = graph.placeholder(old.target.replace(".", "_"))
+            ph.meta.update(old.meta)
+            last.append(ph)
+            lifted[old.target] = ph
+            values.append(_fetch_attr(gm, old.target))
+        new.replace_all_uses_with(lifted[old.target])
+        graph.erase_node(new)
+    graph.output(out)
+    lifted_gm = torch.fx.GraphModule(gm, graph)
+    lifted_gm.meta.update(gm.meta)
+    return lifted_gm, values
+
+
+def _fetch_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _bind(fn: Callable[..., Any], attrs: list[torch.Tensor]) -> Callable[..., Any]:
+    if not attrs:
+        return fn
+
+    def call_with_lifted_attrs(*args):
+        return fn(*args, *attrs)
+
+    return call_with_lifted_attrs
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +203,52 @@ def _compile_inner(pure_gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
         return pure_gm
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(pure_gm, list(example_inputs), config_patches=opts.config_patches() or None)
+    guards = _hoist_call_time_guards(pure_gm)
+    compiled = compile_fx(pure_gm, list(example_inputs),
+                          config_patches=opts.config_patches() or None)
+    if not guards:
+        return compiled
+
+    def guarded(*args):
+        for fn, spec in guards:
+            fn(*[args[a.index] if isinstance(a, _Placeholder) else a for a in spec])
+        return compiled(*args)
+
+    return guarded
+
+
+class _Placeholder(int):
+    """Marks a guard argument that is the graph input at this position."""
+
+    @property
+    def index(self) -> int:
+        return int(self)
+
+
+def _hoist_call_time_guards(gm: torch.fx.GraphModule) -> list[tuple[Callable[..., Any], list]]:
+    """Take the call-time guard nodes (``fxpurify.runtime.check_inputs_not_aliased``) out of the
+    graph so the backend runs them on the real inputs before the compiled graph.
+
+    Inductor's AOTAutograd re-traces the graph with fake/functional tensors; a guard that reads
+    storage pointers cannot run there ("invalid python storage"), and its answer at trace time
+    would say nothing about the tensors of a later call anyway.
+    """
+    from . import runtime
+
+    index = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    hoisted = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not runtime.check_inputs_not_aliased:
+            continue
+        if node.kwargs or node.users or any(
+                isinstance(a, torch.fx.Node) and a not in index for a in node.args):
+            continue  # not the shape we know: leave it in the graph
+        spec = [_Placeholder(index[a]) if isinstance(a, torch.fx.Node) else a for a in node.args]
+        hoisted.append((node.target, spec))
+        gm.graph.erase_node(node)
+    if hoisted:
+        gm.recompile()
+    return hoisted
 
 
 def _fallback(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], opts: BackendOptions,
