@@ -1,0 +1,144 @@
+"""Emit: finish the pure graph — write-backs, outputs, call-time guard.
+
+Takes the ``Functionalizer`` after its walk and completes its graph:
+
+1. every pending write is flushed; outputs that do not alias an input are read;
+2. a value about to be written back that still *is* (a view of) an input being written back is
+   cloned first, as is an output that the original returned in fresh memory but whose pure value
+   ended up sharing an input's or another output's memory (``copy_`` forwarding can do that);
+3. one ``aten.copy_`` write-back per mutated input, after everything else, with the bytes it
+   copies in the report, between ``runtime.begin_write_back`` (which decides the grad mode at
+   run time) and a node restoring the caller's grad mode;
+4. outputs that aliased an input are replayed from the input after its write-back, so the caller
+   sees the same aliasing as before; then ``as_strided_`` restores an input's changed metadata;
+5. a guard at the top refuses calls whose inputs share memory the trace assumed separate.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+
+from . import runtime
+from .functionalize import Functionalizer, Multi, Poisoned, Ref, _FreshList, _storage, _val
+from .errors import UnsupportedError
+
+aten = torch.ops.aten
+
+
+def _nbytes(val):
+    try:
+        return int(val.numel()) * val.element_size()
+    except Exception:  # symbolic size
+        return None
+
+
+def finish(fz: Functionalizer) -> torch.fx.Graph:
+    graph = fz.graph
+    for root in fz.roots:
+        fz.flush(root)
+    written = [r for r in fz.roots if r.input_node is not None and r.mutated]
+    written_storages = {_storage(_val(r.input_node)): r for r in written}
+    input_storages = {_storage(_val(p)): p for p in fz.placeholders if isinstance(_val(p), torch.Tensor)}
+
+    # (1, 2) outputs in fresh memory, read before any write-back.
+    seen_storages: dict = {}
+
+    def early(leaf):
+        if not isinstance(leaf, torch.fx.Node):
+            return leaf
+        v = fz.env[leaf]
+        if isinstance(v, Ref):
+            if v.root.input_node is not None:
+                return _Deferred(v)
+            node = fz.read(v)
+            val = _val(node)
+            if isinstance(val, torch.Tensor):
+                key = _storage(val)
+                owner = seen_storages.setdefault(key, v.root)
+                if key in input_storages or owner is not v.root:
+                    node = fz.call(aten.clone.default, (node,), origin=leaf,
+                                   note="clone: output must not share memory with an input")
+                    fz.report.add("clone", leaf, "aten.clone", "pure value of a fresh output aliased an input")
+            return node
+        if isinstance(v, (Multi, _FreshList, Poisoned)):
+            return fz._read_one(leaf)
+        return v
+
+    outputs = torch.fx.node.map_aggregate(fz.output_node.args[0], early)
+
+    # (2, 3) write-backs
+    finals = {}
+    for root in written:
+        value = root.value
+        val = _val(value)
+        if value is not root.input_node and isinstance(val, torch.Tensor) and _storage(val) in written_storages:
+            value = fz.call(aten.clone.default, (value,), origin=root.orig,
+                            note="clone: new value reads an input that is written back")
+        finals[root] = value
+    pending = [(root, value) for root, value in finals.items() if value is not root.input_node]
+    placeholders = [root.input_node for root, _ in pending if root.input_node.op == "placeholder"]
+    grad_was = fz.call(runtime.begin_write_back, tuple(placeholders), val=True) if placeholders else None
+    for root, value in pending:
+        ph = root.input_node
+        fz.call(aten.copy_.default, (ph, value), origin=root.orig, val=_val(ph),
+                note=f"write-back of mutated input {ph.name}")
+        fz.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
+                      "the caller sees this input's final contents", _nbytes(_val(ph)))
+    if grad_was is not None:
+        fz.call(torch._C._set_grad_enabled, (grad_was,), val=True)
+
+    # (4) outputs aliasing inputs, then metadata epilogues
+    def late(leaf):
+        if isinstance(leaf, _Deferred):
+            ref = leaf.ref
+            if fz.input_refs.get(ref.root) is ref:
+                return ref.root.input_node
+            return fz.replay(ref.root.input_node, ref.path)
+        return leaf
+
+    outputs = torch.fx.node.map_aggregate(outputs, late)
+    for root, ref in fz.input_refs.items():
+        if not ref.path:
+            continue
+        if root.input_node.op != "placeholder":
+            raise UnsupportedError("metadata mutation of a module buffer", ref.path[-1].source,
+                                   pattern="metadata-mutation-buffer", hint="use an out-of-place view")
+        shaped = fz.replay(root.input_node, ref.path)
+        val = _val(shaped)
+        size, stride, offset = list(val.shape), list(val.stride()), val.storage_offset()
+        if not all(isinstance(s, int) for s in size + stride + [offset]):
+            raise UnsupportedError("metadata mutation of an input with symbolic sizes", ref.path[-1].source,
+                                   pattern="metadata-mutation-symbolic", hint="trace with static shapes")
+        fz.call(aten.as_strided_.default, (root.input_node, size, stride, offset), origin=ref.path[-1].source,
+                val=val, note=f"metadata of input {root.input_node.name} changed by {ref.path[-1].source.target}")
+        fz.report.add("metadata-epilogue", ref.path[-1].source, "aten.as_strided_",
+                      "the caller sees the input's new sizes/strides")
+    graph.output(outputs)
+
+    # (5) call-time guard
+    tensor_inputs = [p for p in fz.placeholders if isinstance(_val(p), torch.Tensor)]
+    mutated = tuple(i for i, p in enumerate(tensor_inputs)
+                    if any(r.input_node is p for r in written) or fz.input_refs.get(_root_of(fz, p)) is not None
+                    and fz.input_refs[_root_of(fz, p)].path)
+    if mutated and len(tensor_inputs) > 1:
+        with graph.inserting_after(fz.placeholders[-1]):
+            guard = graph.call_function(runtime.check_inputs_not_aliased,
+                                        (tuple(p.name for p in tensor_inputs), mutated, *tensor_inputs))
+            guard.meta["fxpurify"] = "call-time guard: mutated inputs must not share memory"
+    return graph
+
+
+def _root_of(fz, placeholder):
+    for root in fz.input_refs:
+        if root.input_node is placeholder:
+            return root
+    return None
+
+
+class _Deferred:
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref

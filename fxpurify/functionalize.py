@@ -1,0 +1,677 @@
+"""Rewrite: one forward walk that replaces every mutation by values.
+
+This is the rewrite stage. It takes an ATen-level graph with fake-tensor metadata and builds a
+*new* graph in which no op writes memory; the graph given is only read.
+
+The model
+---------
+Every tensor of the original program is a ``Ref``: a storage ``Root`` plus a *path* of view
+steps (``views.ViewStep``). A ``Root`` is what owns memory: a placeholder, a ``get_attr``
+buffer, or the result of an op that allocates. For each root the walk keeps
+
+* ``value`` — the node of the new graph holding the root's current contents;
+* ``pending`` — at most one not-yet-applied write ``(path, value)`` to a view of the root.
+
+Walking the original graph in program order:
+
+1. A **view** op creates a new ``Ref`` (same root, path + step) and emits nothing. Views are
+   emitted lazily when read, replayed from the root's current value and cached per
+   ``(base node, step)``: no dead or duplicate views, and a view read after a write sees it.
+2. An **in-place / out= / hidden** write ``op(x, ...)`` emits the pure variant
+   ``v = op_functional(read(x), ...)`` (cast back to ``x``'s dtype where the pure op promotes)
+   and records ``v`` as the new value of ``x``'s path. If the same view path already has a
+   pending write, the new value simply replaces it; so several in-place ops on one view cost
+   one scatter.
+3. **Reading** a ``Ref`` whose root has a pending write to a *prefix* of its path replays the
+   rest of the path from the pending value; any other read first *flushes* the pending write:
+   the root's new value is computed by running the path backwards through the view inverses
+   (``views.inverse``). Aliasing is thereby exact: every alias of a root reads the root's
+   current value, so a write through one view is seen by the base and every other view.
+4. ``copy_(dst, src)`` writes ``read(src)`` (converted to ``dst``'s dtype/shape with
+   differentiable ops) and disappears entirely when ``src`` *is* ``dst`` (``y[i] += 1``).
+5. **Metadata mutations** (``transpose_``, ``unsqueeze_``, ...) extend the tensor's path with
+   the equivalent view step; tensors are tracked by identity, so every later use sees it.
+6. At the end (``emit.py``) every mutated input root gets one write-back, outputs that
+   aliased an input are replayed from the input after it, and dead nodes are removed.
+
+Why it is sound: by induction over the walk, after each original node ``read(r)`` evaluates to
+exactly the contents the eager program's tensor ``r`` has at that point. Views preserve it
+(replay on the current value); writes preserve it for every alias of the root because the
+root's value is updated by exact inverses (see ``views.py``) and every read goes through the
+root. Pure ops read only current values, so they compute what eager computed.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.fx
+from torch._ops import HigherOrderOperator, OpOverload
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from . import views
+from .errors import UnsupportedError, InvalidGraphError, source_line
+from .ops import (HIDDEN_MUTATIONS, REFUSED, bind_args, call_args, functional_variant, op_info,
+                  returns_list, view_variant)
+from .report import Report
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+# Views that alias only sometimes (``reshape`` of a non-viewable tensor copies): the fake
+# values' storages decide.
+MAYBE_ALIAS = {aten.reshape.default, aten.contiguous.default, aten.reshape_as.default, aten.view_as.default}
+# Higher-order ops that only switch a mode around their body: inlined.
+INLINED_HOPS = ("wrap_with_set_grad_enabled",)
+# Higher-order ops that are pure by construction.
+PURE_HOPS = ("auto_functionalized", "auto_functionalized_v2", "with_effects")
+
+
+class Root:
+    """A piece of memory of the original program and its current contents in the new graph."""
+
+    __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs")
+
+    def __init__(self, value, orig, input_node=None):
+        self.value = value
+        self.pending_path: Optional[tuple] = None
+        self.pending_value = None
+        self.input_node = input_node   # placeholder / get_attr of the new graph, when caller-visible
+        self.orig = orig               # the original node that created the memory
+        self.mutated = False
+        self.aliased_inputs: tuple = ()  # other inputs traced as sharing this storage
+
+
+class Ref:
+    """A tensor of the original program (identity: in-place ops return the same Ref)."""
+
+    __slots__ = ("root", "path", "val")
+
+    def __init__(self, root: Root, path: tuple, val):
+        self.root, self.path, self.val = root, path, val
+
+
+@dataclass
+class Multi:
+    """Result of an original node returning several values (tuple or list)."""
+
+    items: list
+    is_list: bool = False
+
+
+@dataclass
+class MultiView:
+    """``split``/``unbind``/... of a Ref: ``getitem`` turns it into a Ref with one more step."""
+
+    ref: Ref
+    op: Any
+    args: tuple
+    kwargs: tuple
+    node: torch.fx.Node
+    base_val: Any = None
+
+
+@dataclass
+class Poisoned:
+    """A result that must not be read (e.g. cudnn's reserve buffer after a rewrite)."""
+
+    node: torch.fx.Node
+    why: str
+
+
+def _val(node):
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor)
+
+
+def _storage(t):
+    return StorageWeakRef(t.untyped_storage())
+
+
+class Functionalizer:
+    """Walks ``gm`` once and builds the pure graph (see module docstring)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, fake_mode, report: Report):
+        self.gm = gm
+        self.graph = torch.fx.Graph(owning_module=None, tracer_cls=gm.graph._tracer_cls)
+        self.graph._codegen = gm.graph._codegen
+        self.fake_mode = fake_mode
+        self.report = report
+        self.env: dict[torch.fx.Node, Any] = {}
+        self.view_cache: dict = {}
+        self.roots: list[Root] = []
+        self.storage_roots: dict = {}   # StorageWeakRef of an input's fake value -> Root
+        self.placeholders: list[torch.fx.Node] = []
+        self.input_refs: dict[Root, Ref] = {}
+
+    # ------------------------------------------------------------------ emission
+    def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
+             val=None):
+        node = self.graph.call_function(target, tuple(args), dict(kwargs or {}))
+        if origin is not None:
+            for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "seq_nr", "original_aten"):
+                if key in origin.meta:
+                    node.meta[key] = origin.meta[key]
+        node.meta["val"] = val if val is not None else self._fake_run(node)
+        if note:
+            node.meta["fxpurify"] = note
+        return node
+
+    def _fake_run(self, node):
+        if node.target is operator.getitem:
+            parent = _val(node.args[0])
+            return parent[node.args[1]] if parent is not None else None
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), _val)
+        if self.fake_mode is None:
+            return None
+        with self.fake_mode:
+            return node.target(*args, **kwargs)
+
+    def view_or_reshape(self, value, sizes, origin=None):
+        """``view`` when the value's layout allows it, else ``reshape`` (same values; a pure
+        value may be laid out differently from the tensor it replaces)."""
+        try:
+            return self.call(aten.view.default, (value, sizes), origin=origin)
+        except Exception:
+            self.graph.erase_node(next(reversed(self.graph.nodes)))
+            return self.call(aten.reshape.default, (value, sizes), origin=origin)
+
+    # ------------------------------------------------------------------ alias model
+    def new_root(self, value_node, orig, input_node=None) -> Ref:
+        root = Root(value_node, orig, input_node)
+        self.roots.append(root)
+        return Ref(root, (), _val(orig) if orig is not None else _val(value_node))
+
+    def apply_step(self, base: torch.fx.Node, step: views.ViewStep) -> torch.fx.Node:
+        key = (base, step)
+        hit = self.view_cache.get(key)
+        if hit is not None:
+            return hit
+        if step.op in (aten.as_strided.default,) and not views.layout_matches(base.meta["val"], step.base_val):
+            raise UnsupportedError(
+                "as_strided reads memory by storage coordinates, but after an earlier mutation its "
+                "base no longer has the layout it was traced with (a stride-sensitive read after a "
+                "mutation changed strides)", step.source, pattern="stride-sensitive-read",
+                hint="use slicing/view ops instead of as_strided, or make the tensor contiguous first")
+        unchanged = base.meta.get("val") is step.base_val
+        if step.index is None:
+            if step.op is aten.view.default or step.op is aten._unsafe_view.default:
+                node = self.view_or_reshape(base, list(step.args[0]), origin=step.source) if not unchanged else \
+                    self.call(step.op, (base,) + step.args, dict(step.kwargs), origin=step.source,
+                              val=step.val)
+            else:
+                node = self.call(step.op, (base,) + step.args, dict(step.kwargs), origin=step.source,
+                                 val=step.val if unchanged else None)
+        else:
+            parent_key = (base, step.op, step.args, step.kwargs)
+            parent = self.view_cache.get(parent_key)
+            if parent is None:
+                parent = self.call(step.op, (base,) + step.args, dict(step.kwargs), origin=step.source)
+                self.view_cache[parent_key] = parent
+            node = self.call(operator.getitem, (parent, step.index), origin=step.source)
+        self.view_cache[key] = node
+        return node
+
+    def replay(self, base, path) -> torch.fx.Node:
+        for step in path:
+            base = self.apply_step(base, step)
+        return base
+
+    def scatter(self, base, path, value) -> torch.fx.Node:
+        if not path:
+            return value
+        bases = [base]
+        for step in path[:-1]:
+            bases.append(self.apply_step(bases[-1], step))
+        for step, b in zip(reversed(path), reversed(bases)):
+            value = views.inverse(self, step, b, value)
+            self.report.add("view-inverse", step.source, f"{value.target}", "write through a view reaches its base")
+        return value
+
+    def flush(self, root: Root):
+        if root.pending_path is not None:
+            path, value = root.pending_path, root.pending_value
+            root.pending_path = root.pending_value = None
+            root.value = self.scatter(root.value, path, value)
+
+    def read(self, ref: Ref) -> torch.fx.Node:
+        root = ref.root
+        if root.pending_path is not None:
+            k = len(root.pending_path)
+            if ref.path[:k] == root.pending_path:
+                return self.replay(root.pending_value, ref.path[k:])
+            self.flush(root)
+        return self.replay(root.value, ref.path)
+
+    def write(self, ref: Ref, value: torch.fx.Node, origin: torch.fx.Node):
+        root = ref.root
+        if root.aliased_inputs:
+            raise UnsupportedError(
+                f"this graph writes input '{root.input_node}', which was traced sharing memory with "
+                f"input(s) {', '.join(str(n) for n in root.aliased_inputs)}", origin, pattern="aliased-inputs",
+                hint="pass inputs that do not share storage (e.g. .clone() one of them), or retrace")
+        if ref.path:
+            target_val = ref.path[-1].val
+            if target_val is not None and torch._debug_has_internal_overlap(target_val) == 1:
+                raise UnsupportedError(
+                    "write into a view whose elements overlap in memory (expand, overlapping "
+                    "unfold or as_strided): one element would receive several values",
+                    origin, pattern="overlapping-write",
+                    hint="clone the view before writing to it, or write into the base tensor")
+        value = self._match_dtype(value, ref.val, origin)
+        root.mutated = True
+        if root.pending_path is not None:
+            k = len(root.pending_path)
+            if ref.path[:k] == root.pending_path:
+                root.pending_value = self.scatter(root.pending_value, ref.path[k:], value)
+                return
+            self.flush(root)
+        if ref.path:
+            root.pending_path, root.pending_value = ref.path, value
+        else:
+            root.value = value
+
+    def _match_dtype(self, value, like, origin):
+        have = _val(value)
+        if like is not None and have is not None and _is_tensor(have) and have.dtype != like.dtype:
+            return self.call(aten._to_copy.default, (value,), {"dtype": like.dtype}, origin=origin,
+                             note=f"dtype of {origin.target}'s result cast back to {like.dtype}")
+        return value
+
+    # ------------------------------------------------------------------ arguments
+    def read_arg(self, arg):
+        return torch.fx.node.map_aggregate(arg, self._read_one)
+
+    def _read_one(self, a):
+        if not isinstance(a, torch.fx.Node):
+            return a
+        v = self.env[a]
+        if isinstance(v, Ref):
+            return self.read(v)
+        if isinstance(v, Multi):
+            return [self._read_value(i) for i in v.items] if v.is_list else tuple(self._read_value(i) for i in v.items)
+        if isinstance(v, Poisoned):
+            raise UnsupportedError(v.why, v.node, pattern="poisoned-result")
+        if isinstance(v, MultiView):
+            return self.call(v.op, (self.read(v.ref),) + v.args, dict(v.kwargs), origin=v.node)
+        return v
+
+    def _read_value(self, item):
+        if isinstance(item, Ref):
+            return self.read(item)
+        if isinstance(item, Poisoned):
+            raise UnsupportedError(item.why, item.node, pattern="poisoned-result")
+        return item
+
+    def ref_of(self, arg, node) -> Ref:
+        v = self.env.get(arg) if isinstance(arg, torch.fx.Node) else None
+        if not isinstance(v, Ref):
+            raise UnsupportedError(f"expected a tensor argument, got {arg!r}", node, pattern="bad-argument")
+        return v
+
+    # ------------------------------------------------------------------ the walk
+    def run(self):
+        for node in self.gm.graph.nodes:
+            handler = getattr(self, f"_on_{node.op}")
+            handler(node)
+        return self
+
+    def _on_placeholder(self, node):
+        new = self.graph.placeholder(node.target, type_expr=node.type)
+        new.meta = dict(node.meta)
+        if node.args:
+            new.args = node.args
+        self.placeholders.append(new)
+        self._bind_input(node, new)
+
+    def _on_get_attr(self, node):
+        new = self.graph.get_attr(node.target, type_expr=node.type)
+        new.meta = dict(node.meta)
+        attr = _fetch_attr(self.gm, node.target)
+        if isinstance(attr, torch.Tensor):
+            if "val" not in new.meta and self.fake_mode is not None:
+                new.meta["val"] = self.fake_mode.from_tensor(attr, static_shapes=True)
+            self._bind_input(node, new)
+        else:
+            self.env[node] = new
+
+    def _bind_input(self, node, new):
+        val = _val(node)
+        if not _is_tensor(val):
+            self.env[node] = new
+            return
+        ref = self.new_root(new, node, input_node=new)
+        key = _storage(val)
+        other = self.storage_roots.get(key)
+        if other is not None:
+            ref.root.aliased_inputs = (other.input_node,)
+            other.aliased_inputs = other.aliased_inputs + (new,)
+        else:
+            self.storage_roots[key] = ref.root
+        self.input_refs[ref.root] = ref
+        self.env[node] = ref
+
+    def _on_output(self, node):
+        self.output_node = node
+
+    def _on_call_module(self, node):
+        raise InvalidGraphError(
+            "the graph calls a submodule (torch-level graph, e.g. from symbolic_trace or Dynamo)", node,
+            hint="capture an ATen-level graph first: fxpurify.trace(fn, *inputs), or "
+                 "fxpurify.capture.lower_dynamo_graph(gm, example_inputs)")
+
+    def _on_call_method(self, node):
+        raise InvalidGraphError(
+            f"the graph calls the tensor method '{node.target}' (torch-level graph)", node,
+            hint="capture an ATen-level graph first: fxpurify.trace(fn, *inputs), or "
+                 "fxpurify.capture.lower_dynamo_graph(gm, example_inputs)")
+
+    def _on_call_function(self, node):
+        target = node.target
+        if target is operator.getitem:
+            return self._getitem(node)
+        if isinstance(target, OpOverload):
+            return self._op(node, target)
+        if isinstance(target, HigherOrderOperator):
+            return self._hop(node, target)
+        if isinstance(target, torch._ops.OpOverloadPacket):
+            raise InvalidGraphError(f"call to the op packet {target} without an overload", node,
+                                    hint="capture with make_fx / fxpurify.trace, which records overloads")
+        if getattr(target, "__module__", "").startswith("torch") and target.__name__.endswith("_") \
+                and not target.__name__.startswith("_"):
+            raise InvalidGraphError(f"torch-level in-place call {target.__name__}", node,
+                                    hint="capture an ATen-level graph first with fxpurify.trace")
+        self._copy(node)
+
+    def _copy(self, node, fresh=True):
+        """Emit ``node`` unchanged except that its arguments read current values."""
+        new = self.graph.node_copy(node, self._read_one)
+        if isinstance(node.target, OpOverload) and returns_list(node.target):
+            self.env[node] = _FreshList(new)
+            return new
+        val = _val(node)
+        if _is_tensor(val) and fresh:
+            self.env[node] = self.new_root(new, node)
+        elif isinstance(val, (tuple, list)) and any(_is_tensor(v) for v in val):
+            self.env[node] = _FreshList(new)
+        else:
+            self.env[node] = new
+        return new
+
+    def _getitem(self, node):
+        base, index = node.args
+        v = self.env[base]
+        if isinstance(v, Multi):
+            self.env[node] = v.items[index]
+        elif isinstance(v, MultiView):
+            step = views.ViewStep(v.op, v.args, v.kwargs, index, source=node, base_val=v.base_val)
+            self.env[node] = Ref(v.ref.root, v.ref.path + (step,), _val(node))
+        elif isinstance(v, _FreshList):
+            new = self.call(operator.getitem, (v.node, index), origin=node, val=_val(node))
+            self.env[node] = self.new_root(new, node) if _is_tensor(_val(node)) else new
+        else:
+            self._copy(node, fresh=False)
+
+    # ------------------------------------------------------------------ ATen ops
+    def _op(self, node, op):
+        name = op._schema.name.split("::")[-1]
+        if name in REFUSED:
+            raise UnsupportedError(f"{op} cannot be expressed without mutation: {REFUSED[name]}", node,
+                                   pattern=name, hint=REFUSED[name])
+        hidden = HIDDEN_MUTATIONS.get(op)
+        if hidden is not None:
+            bound = bind_args(op, node.args, node.kwargs)
+            if bound.get(hidden.when) is True and all(bound.get(w) is not None for w in hidden.written):
+                return self._hidden_write(node, op, hidden, bound)
+        info = op_info(op)
+        if op is aten.copy_.default:
+            return self._copy_(node)
+        if op is aten.resize_.default:
+            return self._resize_(node)
+        if info.metadata_only:
+            return self._metadata_mutation(node, op)
+        if info.mutates:
+            return self._mutation(node, op, info)
+        if info.is_view or info.is_multi_view:
+            return self._view(node, op, info)
+        self._copy(node)
+
+    def _view(self, node, op, info):
+        base = node.args[0]
+        ref = self.env.get(base)
+        if not isinstance(ref, Ref):
+            return self._copy(node)
+        val = _val(node)
+        if op in MAYBE_ALIAS and _is_tensor(val) and _is_tensor(ref.val) and _storage(val) != _storage(ref.val):
+            return self._copy(node)   # this reshape/contiguous copied
+        args = views.freeze(tuple(self.read_arg(a) for a in node.args[1:]))
+        kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
+        if info.is_multi_view:
+            self.env[node] = MultiView(ref, op, args, kwargs, node, base_val=ref.val)
+            return
+        step = views.ViewStep(op, args, kwargs, None, source=node, base_val=ref.val)
+        self.env[node] = Ref(ref.root, ref.path + (step,), val)
+
+    def _mutation(self, node, op, info):
+        variant = functional_variant(op)
+        if variant is None:
+            raise UnsupportedError(
+                f"{op} mutates {', '.join(info.written)} and has no functional variant fxpurify knows",
+                node, pattern="unknown-mutable-op",
+                hint="use the out-of-place op, or register a custom op with torch.library.custom_op "
+                     "declaring mutates_args so it can be auto-functionalized")
+        bound = bind_args(op, node.args, node.kwargs)
+        written = [w for w in info.written if bound.get(w) is not None]
+        if info.is_out:
+            out_vals = [_val(bound[w]) for w in written]
+        fbound = {name: self.read_arg(bound[name]) for name in variant.arg_names}
+        if variant.auto:
+            args, kwargs = (op,), fbound
+        else:
+            args, kwargs = call_args(variant.target, fbound)
+            if variant.extra_from_out and written:
+                like = out_vals[0]
+                for k in variant.extra_from_out:
+                    if k in ("dtype", "device", "layout") and like is not None:
+                        kwargs[k] = getattr(like, k)
+        new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}")
+        nvals = info.fresh_returns + len(info.written)
+        results = self._split_results(new, nvals, variant.auto, len(info.written))
+        self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
+                        "in-place/out= op replaced by its pure variant")
+        for i, name in enumerate(info.written):
+            target = bound.get(name)
+            if target is None:
+                continue
+            value = results[info.fresh_returns + i]
+            if isinstance(target, (list, tuple)):
+                for k, t in enumerate(target):
+                    item = self.call(operator.getitem, (value, k), origin=node)
+                    self.write(self.ref_of(t, node), item, node)
+            else:
+                self._write_result(self.ref_of(target, node), value, node, info.is_out)
+        outs = []
+        for j, alias in enumerate(info.aliased_returns):
+            if alias is not None:
+                t = bound[alias]
+                outs.append(Multi([self.env[x] for x in t], is_list=True) if isinstance(t, (list, tuple)) else self.env[t])
+            else:
+                outs.append(self._fresh(results[j], node, j, len(info.aliased_returns)))
+        self._bind_results(node, outs)
+
+    def _split_results(self, new, nvals, auto, nwritten):
+        """The pure call's results as nodes: fresh returns, then one new value per written arg.
+        ``auto_functionalized`` puts the written values last, after the op's own outputs."""
+        if auto:
+            offset = len(new.meta["val"]) - nwritten
+            indices = list(range(nvals - nwritten)) + [offset + i for i in range(nwritten)]
+        elif nvals == 1:
+            return [new]
+        else:
+            indices = range(nvals)
+        return [self.call(operator.getitem, (new, i)) for i in indices]
+
+    def _write_result(self, ref, value, node, is_out):
+        have, want = _val(value), ref.val
+        if is_out and _is_tensor(have) and _is_tensor(want) and tuple(have.shape) != tuple(want.shape):
+            # out= resized its argument. Rebind when it is a whole fresh tensor (typical:
+            # torch.empty(0) passed as out); a caller-visible or partial resize has no value form.
+            if ref.path or ref.root.input_node is not None:
+                raise UnsupportedError("out= resizes a graph input or a view", node, pattern="resize-input",
+                                       hint="pass an out tensor of the right size, or use the functional op")
+        if is_out and _is_tensor(have) and _is_tensor(want) and tuple(have.shape) != tuple(want.shape):
+            ref.root.value, ref.root.pending_path, ref.root.pending_value = value, None, None
+            ref.root.mutated = True
+            ref.val = _val(node) if _is_tensor(_val(node)) else have
+            return
+        self.write(ref, value, node)
+
+    def _fresh(self, value_node, node, j, n):
+        val = _val(value_node)
+        if _is_tensor(val):
+            orig_val = _val(node)[j] if n > 1 and isinstance(_val(node), (tuple, list)) else _val(node)
+            ref = self.new_root(value_node, None)
+            ref.val = orig_val if _is_tensor(orig_val) else val
+            return ref
+        return value_node
+
+    def _bind_results(self, node, outs):
+        if len(outs) == 0:
+            self.env[node] = None
+        elif len(outs) == 1 and not isinstance(_val(node), tuple):
+            self.env[node] = outs[0]
+        else:
+            self.env[node] = Multi(outs)
+
+    def _hidden_write(self, node, op, hidden, bound):
+        fargs = [bound[name] for name in hidden.functional_args]
+        fargs = [self.read_arg(a) for a in fargs]
+        new = self.call(hidden.functional, fargs, origin=node, note=f"was {op} (hidden running-stat write)")
+        results = [self.call(operator.getitem, (new, i)) for i in range(5)]
+        self.report.add("hidden-write", node, str(hidden.functional),
+                        "train-mode batch norm writes running stats without declaring it (#73050)")
+        for name, value in zip(hidden.written, results[3:]):
+            self.write(self.ref_of(bound[name], node), value, node)
+        nret = len(op._schema.returns)
+        outs = [self._fresh(results[i], node, i, nret) for i in range(min(3, nret))]
+        if nret > 3:
+            outs.append(Poisoned(node, f"{op}'s reserve buffer has no functional counterpart"))
+        self._bind_results(node, outs)
+
+    def _copy_(self, node):
+        bound = bind_args(aten.copy_.default, node.args, node.kwargs)
+        dst = self.ref_of(bound["self"], node)
+        src = self.env.get(bound["src"])
+        if isinstance(src, Ref) and src.root is dst.root and src.path == dst.path:
+            self.report.add("copy-removed", node, "-", "copy of a tensor onto itself")
+            self.env[node] = dst
+            return
+        value = self.read_arg(bound["src"])
+        have, want = _val(value), dst.val
+        if have.dtype != want.dtype or have.device != want.device:
+            value = self.call(aten._to_copy.default, (value,), {"dtype": want.dtype, "device": want.device},
+                              origin=node, note="was copy_ (dtype/device conversion)")
+        if tuple(have.shape) != tuple(want.shape):
+            value = self.call(aten.expand.default, (value, views.sizes_of(self, self.read(dst))), origin=node,
+                              note="was copy_ (broadcast)")
+        self.report.add("copy-forwarded", node, str(value.target) if value.op == "call_function" else value.name,
+                        "copy_ becomes the copied value")
+        self.write(dst, value, node)
+        self.env[node] = dst
+
+    def _resize_(self, node):
+        bound = bind_args(aten.resize_.default, node.args, node.kwargs)
+        ref = self.ref_of(bound["self"], node)
+        want = _val(node)
+        if tuple(want.shape) == tuple(ref.val.shape):
+            self.env[node] = ref
+            return
+        if ref.path or ref.root.input_node is not None:
+            raise UnsupportedError("resize_ changes the size of a graph input or a view", node,
+                                   pattern="resize-input", hint="allocate a new tensor of the wanted size instead")
+        size = self.read_arg(bound["size"])
+        new = self.call(aten.new_empty.default, (self.read(ref), size), origin=node, note="was resize_")
+        ref.root.value, ref.root.pending_path, ref.root.pending_value = new, None, None
+        ref.val = want
+        self.env[node] = ref
+
+    def _metadata_mutation(self, node, op):
+        view_op = view_variant(op)
+        if view_op is None:
+            raise UnsupportedError(f"metadata mutation {op} has no view equivalent", node,
+                                   pattern="metadata-mutation", hint="use the out-of-place view op")
+        ref = self.ref_of(node.args[0], node)
+        args = views.freeze(tuple(self.read_arg(a) for a in node.args[1:]))
+        kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
+        step = views.ViewStep(view_op, args, kwargs, None, source=node, base_val=ref.val)
+        ref.path = ref.path + (step,)
+        ref.val = _val(node)
+        self.report.add("metadata-view", node, str(view_op), "metadata mutation becomes a view")
+        self.env[node] = ref
+
+    # ------------------------------------------------------------------ higher-order ops
+    def _hop(self, node, hop):
+        name = hop.name() if callable(getattr(hop, "name", None)) else str(hop)
+        if name in INLINED_HOPS:
+            return self._inline_grad_mode(node)
+        if name in PURE_HOPS or not _has_impure_subgraph(self.gm, node):
+            return self._copy(node)
+        raise UnsupportedError(f"higher-order op {name} with mutations inside its subgraph", node,
+                               pattern="unknown-hop",
+                               hint="purify the body first, or trace without this construct")
+
+    def _inline_grad_mode(self, node):
+        enable, body_name, *args = node.args
+        body = _fetch_attr(self.gm, body_name.target) if isinstance(body_name, torch.fx.Node) else body_name
+        prev = self.call(torch.is_grad_enabled, (), val=True)
+        prev.meta.pop("val", None)
+        self.call(torch._C._set_grad_enabled, (enable,), origin=node, val=True).meta.pop("val", None)
+        sub_env = self.env
+        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+        for p, a in zip(placeholders, args):
+            sub_env[p] = self.env[a] if isinstance(a, torch.fx.Node) else a
+        outputs = None
+        saved_gm, self.gm = self.gm, body
+        try:
+            for n in body.graph.nodes:
+                if n.op == "placeholder":
+                    continue
+                if n.op == "output":
+                    outputs = n.args[0]
+                    continue
+                getattr(self, f"_on_{n.op}")(n)
+        finally:
+            self.gm = saved_gm
+        self.call(torch._C._set_grad_enabled, (prev,), origin=node, val=True).meta.pop("val", None)
+        items = [self.env[o] if isinstance(o, torch.fx.Node) else o for o in outputs]
+        self.env[node] = Multi(items)
+
+
+@dataclass
+class _FreshList:
+    """A pure op returning a list/tuple of fresh tensors; ``getitem`` makes each a root."""
+
+    node: torch.fx.Node
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _has_impure_subgraph(gm, node) -> bool:
+    from .check import impure_nodes
+    for arg in node.args:
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+            sub = _fetch_attr(gm, arg.target)
+            if isinstance(sub, torch.fx.GraphModule) and impure_nodes(sub, allow_input_writes=False):
+                return True
+    return False

@@ -1,0 +1,81 @@
+"""Analysis: make sure every node carries a fake value from ONE fake mode.
+
+The alias analysis compares storages of ``node.meta["val"]``, so the values must come from a
+single ``FakeTensorMode`` in which views share their base's storage. ``make_fx(...,
+tracing_mode="fake"/"symbolic")``, AOT and export graphs satisfy that; ``make_fx`` in real mode
+does not (each node gets a fake value of its own mode, so aliasing is invisible) and
+``symbolic_trace`` graphs carry none. For those we re-run the graph on fake inputs, snapshotting
+each node's value the way ``make_fx`` does (``detach()``: a new tensor object sharing storage),
+so that a later metadata mutation (``t_``) does not rewrite the value recorded for an earlier
+node. The given graph is never modified: the values go onto a copy.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from .errors import MissingMetadataError
+
+
+def _fake_modes(gm) -> set:
+    modes = set()
+    for node in gm.graph.nodes:
+        for v in pytree.tree_leaves(node.meta.get("val")):
+            if isinstance(v, FakeTensor):
+                modes.add(v.fake_mode)
+    return modes
+
+
+def needs_metadata(gm: torch.fx.GraphModule) -> bool:
+    nodes = [n for n in gm.graph.nodes if n.op in ("placeholder", "call_function")]
+    return any("val" not in n.meta for n in nodes) or len(_fake_modes(gm)) > 1
+
+
+class _SnapshotProp(torch.fx.Interpreter):
+    def run_node(self, n):
+        result = super().run_node(n)
+        if n.op != "output":
+            n.meta["val"] = pytree.tree_map_only(torch.Tensor, lambda t: t.detach() if t.requires_grad else
+                                                 torch.ops.aten.alias.default(t), result)
+        return result
+
+
+def with_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Optional[Sequence] = None) -> torch.fx.GraphModule:
+    """``gm`` itself when its metadata is usable, else a copy with fresh, consistent fake values."""
+    if not needs_metadata(gm):
+        return gm
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if example_inputs is None:
+        vals = [p.meta.get("val") for p in placeholders]
+        if any(v is None for v in vals):
+            missing = next(p for p in placeholders if "val" not in p.meta)
+            raise MissingMetadataError(
+                "the graph has no fake-tensor metadata (node.meta['val']) and no example inputs were given",
+                missing, hint="pass example_inputs to fxpurify.purify(gm, example_inputs), or capture the "
+                              "graph with fxpurify.trace / make_fx(tracing_mode='fake'), which record it")
+        example_inputs = vals
+    mode = detect_fake_mode([x for x in example_inputs if isinstance(x, FakeTensor)]) \
+        if len({x.fake_mode for x in example_inputs if isinstance(x, FakeTensor)}) == 1 else None
+    mode = mode or FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [_to_mode(mode, x) for x in example_inputs]
+    copy = torch.fx.GraphModule(gm, gm.graph.__deepcopy__())
+    copy.meta.update(getattr(gm, "meta", {}))
+    with mode:
+        _SnapshotProp(copy).run(*fake_inputs)
+    return copy
+
+
+def _to_mode(mode: FakeTensorMode, x):
+    if not isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, FakeTensor):
+        # Always a new tensor: running the graph must not mutate the caller's fake values.
+        with mode:
+            out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        return out.requires_grad_(x.requires_grad) if x.dtype.is_floating_point else out
+    return mode.from_tensor(x)

@@ -1,0 +1,51 @@
+"""Functions the emitted pure graphs call at run time.
+
+They are kept tiny: they run on every call of a purified graph. Both are marked
+``_fxpurify_side_effect`` so dead-code elimination keeps them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import AliasedInputsError
+
+
+def check_inputs_not_aliased(names: tuple, mutated: tuple, *inputs) -> None:
+    """Refuse a call where a mutated input shares memory with another input.
+
+    The graph was traced with these inputs in separate memory, so its write-backs assume that
+    writing one leaves the others unchanged (pytorch/pytorch#198095, #139789). Cheap: compares
+    storage pointers of the few mutated inputs against all others."""
+    ptrs = [t.untyped_storage().data_ptr() if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() else None
+            for t in inputs]
+    for i in mutated:
+        p = ptrs[i]
+        if p is None:
+            continue
+        for j, q in enumerate(ptrs):
+            if j != i and q == p:
+                raise AliasedInputsError(
+                    f"inputs '{names[i]}' and '{names[j]}' share memory, but the purified graph writes "
+                    f"'{names[i]}' and was traced with them separate; its result would be wrong",
+                    hint="pass separate tensors (e.g. .clone() one of them), or purify a graph traced "
+                         "with these aliased inputs")
+
+
+check_inputs_not_aliased._fxpurify_side_effect = True
+
+
+def begin_write_back(*mutated_inputs: torch.Tensor) -> bool:
+    """Set the grad mode for the write-backs; return the caller's mode (restored after them).
+
+    A leaf that requires grad can only have been mutated under ``no_grad`` (an optimizer step:
+    eager forbids anything else), so when one is among the inputs written back, the writes run
+    with grad off. Otherwise grad mode stays as the caller has it, so a non-leaf input's
+    autograd history is rebased exactly as eager's in-place op rebased it. (A graph that writes
+    both kinds writes all under no_grad: the non-leaf then keeps its old history.)"""
+    was = torch.is_grad_enabled()
+    if was and any(t.is_leaf and t.requires_grad for t in mutated_inputs if isinstance(t, torch.Tensor)):
+        torch._C._set_grad_enabled(False)
+    return was
+
+
+begin_write_back._fxpurify_side_effect = True

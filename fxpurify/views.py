@@ -1,0 +1,260 @@
+"""Rewrite helpers: replaying a view and writing a value back through it.
+
+A *view step* is one view op applied to a base (``slice(dim=0, 1, 3)``, ``t()``, the ``i``-th
+output of ``split``). A tensor of the original program is a storage *root* plus a path of steps;
+its current value is the root's current value with the path replayed, and writing a value ``v``
+to it means computing the root's new value by running the path backwards through the *inverse*
+of each step:
+
+=========================  ==========================================================
+view step                   inverse: new base from (base, value)
+=========================  ==========================================================
+slice / narrow / split[i]   ``slice_scatter(base, value, dim, start, end, step)``
+select / unbind[i]          ``select_scatter(base, value, dim, index)``
+diagonal                    ``diagonal_scatter(base, value, offset, dim1, dim2)``
+full-coverage views         the opposite view of ``value`` (``t`` ↔ ``t``, ``permute`` ↔ its
+                            inverse permutation, ``unsqueeze`` ↔ ``squeeze``, ``view`` ↔ ``view``
+                            to the base's sizes, ``alias``/``detach`` ↔ identity, ...)
+anything else               ``as_strided_scatter`` with the view's own size/stride/offset,
+(as_strided, unfold, ...)   only when the base value has the original base's exact storage
+                            layout; otherwise the write is refused, never guessed (#104505)
+=========================  ==========================================================
+
+Every inverse is exact: the scatter ops write precisely the elements the view covers, and a
+full-coverage view is a bijection between base and view elements. Writes into a view whose
+elements overlap (``expand``, overlapping ``unfold``/``as_strided``) are refused: eager itself
+rejects most of them and no value semantics exists for the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.fx
+
+from .errors import UnsupportedError
+from .ops import bind_args
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class ViewStep:
+    """One view op applied to a base. Equal steps on equal bases give the same view, which is
+    what lets the rewrite share regenerated views instead of emitting duplicates."""
+
+    op: Any
+    args: tuple             # arguments after the base, already in the new graph
+    kwargs: tuple           # sorted (name, value) pairs
+    index: Optional[int] = None          # which output of a multi-output view
+    source: torch.fx.Node = field(default=None, compare=False, hash=False)   # original node
+    base_val: Any = field(default=None, compare=False, hash=False)           # original base's fake value
+
+    def bound(self, base) -> dict:
+        return bind_args(self.op, (base,) + self.args, dict(self.kwargs))
+
+    @property
+    def val(self):
+        return self.source.meta.get("val") if self.source is not None else None
+
+
+def freeze(value):
+    """Lists to tuples, recursively, so steps can be dictionary keys."""
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def sizes_of(emitter, node: torch.fx.Node) -> list:
+    """The sizes of ``node`` as graph arguments: ints, or ``sym_size`` nodes for symbolic dims
+    (a SymInt object must never be baked into a node's arguments)."""
+    val = node.meta["val"]
+    out = []
+    for d, s in enumerate(val.shape):
+        if isinstance(s, torch.SymInt):
+            hint = s.node.maybe_as_int() if hasattr(s.node, "maybe_as_int") else None
+            out.append(hint if hint is not None else emitter.call(aten.sym_size.int, (node, d)))
+        else:
+            out.append(int(s))
+    return out
+
+
+def layout_matches(current, original) -> bool:
+    """True when ``current`` sits in its storage exactly as ``original`` did in its own, so
+    storage-relative views (``as_strided``) select the same elements from either."""
+    try:
+        return (tuple(current.shape) == tuple(original.shape)
+                and tuple(current.stride()) == tuple(original.stride())
+                and current.storage_offset() == original.storage_offset()
+                and current.untyped_storage().nbytes() == original.untyped_storage().nbytes())
+    except Exception:  # symbolic layout we cannot compare for certain
+        return False
+
+
+def _concrete(values) -> bool:
+    return all(isinstance(v, int) for v in values)
+
+
+def _view_back(emitter, step, base, value):
+    return emitter.view_or_reshape(value, sizes_of(emitter, base), origin=step.source)
+
+
+def _inverse_permutation(dims):
+    inverse = [0] * len(dims)
+    for i, d in enumerate(dims):
+        inverse[d % len(dims)] = i
+    return inverse
+
+
+def _slice(e, step, base, value):
+    b = step.bound(base)
+    return e.call(aten.slice_scatter.default, (base, value, b["dim"], b["start"], b["end"], b["step"]),
+                  origin=step.source)
+
+
+def _narrow(e, step, base, value):
+    b = step.bound(base)
+    start, length = b["start"], b["length"]
+    if not (isinstance(start, int) and isinstance(length, int)):
+        return _as_strided_fallback(e, step, base, value)
+    return e.call(aten.slice_scatter.default, (base, value, b["dim"], start, start + length), origin=step.source)
+
+
+def _select(e, step, base, value):
+    b = step.bound(base)
+    return e.call(aten.select_scatter.default, (base, value, b["dim"], b["index"]), origin=step.source)
+
+
+def _diagonal(e, step, base, value):
+    b = step.bound(base)
+    return e.call(aten.diagonal_scatter.default, (base, value, b["offset"], b["dim1"], b["dim2"]),
+                  origin=step.source)
+
+
+def _split(e, step, base, value):
+    b = step.bound(base)
+    size, dim = b["split_size"], b["dim"]
+    if not isinstance(size, int):
+        return _as_strided_fallback(e, step, base, value)
+    return e.call(aten.slice_scatter.default, (base, value, dim, step.index * size, (step.index + 1) * size),
+                  origin=step.source)
+
+
+def _split_with_sizes(e, step, base, value):
+    b = step.bound(base)
+    sizes = list(b["split_sizes"])
+    if not _concrete(sizes[: step.index + 1]):
+        return _as_strided_fallback(e, step, base, value)
+    start = sum(sizes[: step.index])
+    return e.call(aten.slice_scatter.default, (base, value, b["dim"], start, start + sizes[step.index]),
+                  origin=step.source)
+
+
+def _unbind(e, step, base, value):
+    b = step.bound(base)
+    return e.call(aten.select_scatter.default, (base, value, b["dim"], step.index), origin=step.source)
+
+
+def _permute(e, step, base, value):
+    return e.call(aten.permute.default, (value, _inverse_permutation(list(step.bound(base)["dims"]))),
+                  origin=step.source)
+
+
+def _transpose(e, step, base, value):
+    b = step.bound(base)
+    return e.call(aten.transpose.int, (value, b["dim0"], b["dim1"]), origin=step.source)
+
+
+def _t(e, step, base, value):
+    return e.call(aten.t.default, (value,), origin=step.source)
+
+
+def _unsqueeze(e, step, base, value):
+    return e.call(aten.squeeze.dim, (value, step.bound(base)["dim"]), origin=step.source)
+
+
+def _identity(e, step, base, value):
+    return value
+
+
+def _view_as_real(e, step, base, value):
+    return e.call(aten.view_as_complex.default, (value,), origin=step.source)
+
+
+def _view_as_complex(e, step, base, value):
+    return e.call(aten.view_as_real.default, (value,), origin=step.source)
+
+
+def _view_dtype(e, step, base, value):
+    return e.call(aten.view.dtype, (value, base.meta["val"].dtype), origin=step.source)
+
+
+def _real_or_imag(part):
+    def inverse(e, step, base, value):
+        as_real = e.call(aten.view_as_real.default, (base,), origin=step.source)
+        updated = e.call(aten.select_scatter.default, (as_real, value, -1, part), origin=step.source)
+        return e.call(aten.view_as_complex.default, (updated,), origin=step.source)
+    return inverse
+
+
+def _as_strided_fallback(e, step, base, value):
+    """Write through any view by its storage coordinates. Sound only when ``base`` occupies its
+    storage exactly as the original base did (same sizes, strides, offset, storage size):
+    then the view's recorded size/stride/offset address the same elements of it."""
+    child = step.val
+    if child is None or step.base_val is None or not layout_matches(base.meta["val"], step.base_val):
+        raise UnsupportedError(
+            f"cannot write through {step.op} here: the base no longer has the memory layout the view "
+            "was taken from (a stride-sensitive view after a mutation changed strides)",
+            step.source, pattern="stride-sensitive-write",
+            hint="take the view from a contiguous tensor, or write with an explicit index op "
+                 "(index_put_/slice assignment) instead of through this view")
+    size, stride, offset = list(child.shape), list(child.stride()), child.storage_offset()
+    if not (_concrete(size) and _concrete(stride) and isinstance(offset, int)):
+        raise UnsupportedError(f"cannot write through {step.op} with symbolic sizes or strides", step.source,
+                               pattern="symbolic-as-strided-write",
+                               hint="trace with static shapes, or write with slicing/index ops")
+    return e.call(aten.as_strided_scatter.default, (base, value, size, stride, offset), origin=step.source)
+
+
+INVERSES = {
+    aten.slice.Tensor: _slice,
+    aten.narrow.default: _narrow,
+    aten.select.int: _select,
+    aten.diagonal.default: _diagonal,
+    aten.split.Tensor: _split,
+    aten.split_with_sizes.default: _split_with_sizes,
+    aten.unbind.int: _unbind,
+    aten.permute.default: _permute,
+    aten.transpose.int: _transpose,
+    aten.t.default: _t,
+    aten.unsqueeze.default: _unsqueeze,
+    aten.alias.default: _identity,
+    aten.detach.default: _identity,
+    aten.lift_fresh.default: _identity,
+    aten.contiguous.default: _identity,   # only reached when it aliased: then it changed nothing
+    aten.view_as_real.default: _view_as_real,
+    aten.view_as_complex.default: _view_as_complex,
+    aten.view.dtype: _view_dtype,
+    aten.real.default: _real_or_imag(0),
+    aten.imag.default: _real_or_imag(1),
+}
+for _op in (aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten._reshape_alias.default,
+            aten.squeeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.flatten.using_ints,
+            aten.unflatten.int, aten.view_as.default, aten.reshape_as.default):
+    INVERSES[_op] = _view_back
+for _name in ("to",):
+    for _ov in getattr(aten, _name).overloads():
+        INVERSES[getattr(getattr(aten, _name), _ov)] = _identity   # aliased `to` is the identity
+INVERSES[aten.swapaxes.default] = lambda e, s, b, v: e.call(
+    aten.transpose.int, (v, s.bound(b)["axis0"], s.bound(b)["axis1"]), origin=s.source)
+INVERSES[aten.swapdims.default] = lambda e, s, b, v: e.call(
+    aten.transpose.int, (v, s.bound(b)["dim0"], s.bound(b)["dim1"]), origin=s.source)
+INVERSES[aten.movedim.int] = lambda e, s, b, v: e.call(
+    aten.movedim.int, (v, s.bound(b)["destination"], s.bound(b)["source"]), origin=s.source)
+
+
+def inverse(emitter, step: ViewStep, base: torch.fx.Node, value: torch.fx.Node) -> torch.fx.Node:
+    """The new value of ``base`` after ``value`` is written into ``step(base)``."""
+    return INVERSES.get(step.op, _as_strided_fallback)(emitter, step, base, value)
