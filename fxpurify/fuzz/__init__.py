@@ -1,0 +1,124 @@
+"""Differential fuzzer for ``fxpurify.purify``.
+
+Beside the pipeline, not inside it. Stages, one module each:
+
+    generate (random mutating program, as Python source, in-place and out-of-place forms)
+      → runner (exec → make_fx with mutations kept → purify → check_pure → compare_with_eager)
+      → reduce (delta debugging over statements, for failures only)
+      → __main__ (the ``python -m fxpurify.fuzz --seed S --count N`` command and its summary)
+
+:func:`run` drives a batch and returns :class:`FuzzStats`; the test suite runs a bounded slice
+of it and asserts no wrong result and no crash.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+from .generate import Program, generate
+from .runner import FAILURES, Outcome, check_functions, check_program
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run", "FuzzStats", "Failure", "generate", "check_program", "check_functions",
+           "Program", "Outcome"]
+
+
+@dataclasses.dataclass
+class Failure:
+    seed: int
+    outcome: Outcome
+    program: Program          # reduced when reduction was on
+    original_statements: int
+
+    def reproducer(self) -> str:
+        header = (f"fxpurify fuzz reproducer: seed {self.seed}, outcome {self.outcome.kind}"
+                  f" (reduced from {self.original_statements} to "
+                  f"{len(self.program.stmts)} statements)\n"
+                  f"re-run: python this_file.py   (or: python -m fxpurify.fuzz --seed "
+                  f"{self.seed} --count 1)\n\n" + self.outcome.detail)
+        return self.program.source(oop=True, header=header, main=True)
+
+
+@dataclasses.dataclass
+class FuzzStats:
+    programs: int = 0
+    seconds: float = 0.0
+    outcomes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    refusals: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    oop_references: int = 0
+    families: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    failures: list[Failure] = dataclasses.field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.programs / self.seconds if self.seconds else 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.outcomes[k] for k in FAILURES)
+
+    def summary(self) -> str:
+        lines = [f"programs: {self.programs} in {self.seconds:.1f} s ({self.rate:.1f} programs/s)",
+                 "outcomes: " + ", ".join(f"{k}={self.outcomes[k]}" for k in
+                                          ("ok", "refused", "WRONG", "crash", "impure",
+                                           "skipped")),
+                 f"compared against the out-of-place form (eager backward rejects the "
+                 f"in-place one): {self.oop_references}"]
+        if self.refusals:
+            lines.append("refusals by kind:")
+            lines += [f"  {v:6d}  {k}" for k, v in self.refusals.most_common()]
+        if self.skipped:
+            lines.append("skipped (not the pass's business) by reason:")
+            lines += [f"  {v:6d}  {k}" for k, v in self.skipped.most_common(10)]
+        return "\n".join(lines)
+
+
+def _reason(detail: str) -> str:
+    return detail.split(":")[0] if detail else "?"
+
+
+def run(seed: int = 0, count: int = 100, *, time_budget: float | None = None,
+        reduce: bool = True, save_failures: str | None = None, max_stmts: int | None = None,
+        check: Callable[[Program], Outcome] | None = None,
+        progress: Callable[[FuzzStats], None] | None = None) -> FuzzStats:
+    """Check programs ``seed, seed+1, …`` (``count`` of them, or until ``time_budget`` s).
+
+    Program ``k`` depends only on ``k``, so ``--seed k --count 1`` replays one program.
+    """
+    from .reduce import reduce_program
+    check = check or check_program
+    stats = FuzzStats()
+    start = time.perf_counter()
+    for k in range(seed, seed + count):
+        if time_budget is not None and time.perf_counter() - start > time_budget:
+            break
+        prog = generate(k, max_stmts=max_stmts)
+        out = check(prog)
+        stats.programs += 1
+        stats.outcomes[out.kind] += 1
+        stats.families.update(prog.families())
+        stats.oop_references += out.oop_reference
+        if out.kind == "refused":
+            stats.refusals[out.refusal] += 1
+        elif out.kind == "skipped":
+            stats.skipped[_reason(out.detail)] += 1
+        elif out.is_failure:
+            log.warning("fuzz: program %d: %s", k, out.kind)
+            small = reduce_program(prog, out, check) if reduce else prog
+            fail = Failure(k, check(small) if reduce else out, small, len(prog.stmts))
+            stats.failures.append(fail)
+            if save_failures:
+                os.makedirs(save_failures, exist_ok=True)
+                path = os.path.join(save_failures, f"fuzz_{k}_{out.kind}.py")
+                with open(path, "w") as f:
+                    f.write(fail.reproducer())
+        if progress is not None:
+            progress(stats)
+    stats.seconds = time.perf_counter() - start
+    return stats
