@@ -393,40 +393,67 @@ def trace(fn_or_module: Callable, *example_inputs, tracing_mode: str = "real",
 # public: Dynamo graphs
 # --------------------------------------------------------------------------------------------
 
-def _fakify_for_lowering(example_inputs: Sequence[Any]):
-    """Fake inputs for re-tracing a Dynamo graph, in the fake mode Dynamo used when possible.
+def _lowering_inputs(example_inputs: Sequence[Any]):
+    """Inputs (and the fake mode) for re-tracing a Dynamo graph, in Dynamo's fake mode if possible.
 
     Inside a backend, ``detect_fake_mode`` finds the tracing context's mode; converting each real
     input with the symbolic context and source Dynamo recorded (``tensor_to_context``, as
     AOTAutograd's ``process_inputs`` does) gives back the *same* symbols, so ``SymInt`` inputs and
-    tensor sizes agree and ``.item()`` on lifted float attributes (BatchNorm ``momentum``/``eps``
-    under ``dynamic=True``) resolves to Dynamo's memo instead of a data-dependent error. Outside a
-    backend we fall back to a fresh ``FakeTensorMode`` with a ``ShapeEnv``; ``SymInt`` inputs from
-    another shape env are replaced by their hints (the lowered graph is then static in them).
+    tensor sizes agree, and ``.item()`` on lifted float attributes (BatchNorm ``momentum``/``eps``
+    under ``dynamic=True``) resolves to Dynamo's memo instead of a data-dependent error.
+
+    Outside a backend (no tracing context, real inputs) we use a fresh ``FakeTensorMode`` with a
+    ``ShapeEnv`` and static shapes; ``SymInt`` inputs are replaced by their hints, and ``.item()``
+    of an input is answered from the real input (see :class:`_LoweringInterpreter`): the result
+    is specialised to those values, as Dynamo's own lowering specialises momentum/eps.
+    Returns ``(fake_mode, inputs, item_values)``.
     """
     from torch._guards import TracingContext, detect_fake_mode
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     fake_mode = detect_fake_mode(example_inputs)
-    fresh = fake_mode is None
-    if fresh:
-        fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    if fake_mode is None:
+        fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=False)
+        items, inputs = {}, []
+        for i, x in enumerate(example_inputs):
+            if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) and x.node.has_hint():
+                x = x.node.hint
+            if isinstance(x, torch.Tensor):
+                if x.numel() == 1:
+                    items[i] = x.item()
+                x = fake_mode.from_tensor(x, static_shapes=True)
+            inputs.append(x)
+        return fake_mode, inputs, items
     ctx = TracingContext.try_get()
 
     def convert(x):
         if isinstance(x, FakeTensor):
             return x if x.fake_mode is fake_mode else fake_mode.from_tensor(x)
         if isinstance(x, torch.Tensor):
-            sc = ctx.tensor_to_context.get(x) if (ctx is not None and not fresh) else None
+            sc = ctx.tensor_to_context.get(x) if ctx is not None else None
+            if sc is None:
+                return fake_mode.from_tensor(x, static_shapes=False)
             return fake_mode.from_tensor(x, static_shapes=False, symbolic_context=sc,
-                                         source=getattr(sc, "tensor_source", None),
-                                         **({"trace": False} if sc is not None else {}))
-        if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)) and fresh:
-            return x.node.hint if x.node.has_hint() else x
+                                         source=sc.tensor_source, trace=False)
         return x
 
-    return fake_mode, [convert(x) for x in example_inputs]
+    return fake_mode, [convert(x) for x in example_inputs], {}
+
+
+class _LoweringInterpreter(torch.fx.Interpreter):
+    """Runs a Dynamo graph for ``make_fx``; answers ``.item()`` of inputs whose value we know."""
+
+    def __init__(self, gm: torch.fx.GraphModule, items: dict[int, Any]):
+        super().__init__(gm)
+        phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        self._items = {phs[i]: v for i, v in items.items() if i < len(phs)}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        if (n.op == "call_method" and n.target == "item" and n.args
+                and n.args[0] in self._items):
+            return self._items[n.args[0]]
+        return super().run_node(n)
 
 
 def lower_dynamo_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
@@ -437,11 +464,12 @@ def lower_dynamo_graph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) 
     (Dynamo's, pointing at the user's code) onto every ATen node it produces; ``pre_dispatch``
     records ``torch._C._set_grad_enabled`` for ``no_grad`` regions. Placeholders keep Dynamo's
     names (``l_x_``, ``l_self_modules_bn_buffers_running_mean_``) and order, so the result is
-    called exactly like ``gm``. Call it from inside the backend, where the tracing context lives.
+    called exactly like ``gm``. Call it from inside the backend, where the tracing context lives
+    (outside one it works on real inputs too, but specialises ``SymInt`` inputs).
     """
-    fake_mode, fake_inputs = _fakify_for_lowering(example_inputs)
+    fake_mode, inputs, items = _lowering_inputs(example_inputs)
     with fx_traceback.preserve_node_meta(), fake_mode:
-        lowered = make_fx(torch.fx.Interpreter(gm).run, pre_dispatch=True)(*fake_inputs)
+        lowered = make_fx(_LoweringInterpreter(gm, items).run, pre_dispatch=True)(*inputs)
     names = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     _rename_placeholders(lowered, names)
     lowered.meta["fxpurify_capture"] = {"out_spec": None, "tracing_mode": "dynamo", "pre_dispatch": True}

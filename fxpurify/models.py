@@ -278,9 +278,16 @@ class LlamaStaticDecode(nn.Module):
         for i, layer in enumerate(self.cache.layers):
             layer.keys, layer.values = getattr(self, f"k{i}"), getattr(self, f"v{i}")
             layer.cumulative_length = getattr(self, f"len{i}")
-        out = self.model(input_ids=input_ids, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True)
+        out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=True,
+                         **{_cache_kwarg(self.model): self.cache})
         return out.logits
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """``cache`` in recent transformers (``past_key_values`` is deprecated there), else the old name."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _build_llama_decode(seed: int = 0) -> BuiltinModel:
@@ -294,7 +301,7 @@ def _build_llama_decode(seed: int = 0) -> BuiltinModel:
         cache = StaticCache(config=cfg, max_cache_len=16)
         prompt = torch.randint(0, cfg.vocab_size, (1, 4))
         with torch.no_grad():  # prefill: allocates the cache and fills 4 slots
-            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            model(input_ids=prompt, use_cache=True, **{_cache_kwarg(model): cache})
         step = LlamaStaticDecode(model, cache)
         ids = torch.randint(0, cfg.vocab_size, (1, 1))
     return BuiltinModel("llama_decode", step, (ids, torch.tensor([[4]])), {"tracing_mode": "fake"},

@@ -33,7 +33,7 @@ from .capture import ModuleCapture, _is_dynamic_leaf, trace_module
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PurifiedModule", "purify_module"]
+__all__ = ["PurifiedModule", "purify_module", "PurifiedFunction", "purify_function"]
 
 
 def _errors():
@@ -127,7 +127,9 @@ class PurifiedModule(torch.nn.Module):
 
     # -- calling ---------------------------------------------------------------------------
 
-    def _flat_user_inputs(self, compiled: _Compiled, args: tuple, kwargs: dict) -> list:
+    @staticmethod
+    def _flat_user_inputs(compiled: _Compiled, args: tuple, kwargs: dict) -> list:
+        """The tensor leaves of a call, after checking it has the traced structure and constants."""
         if set(kwargs) != set(compiled.kwarg_names):
             raise _errors().FxPurifyError(
                 f"called with keyword arguments {sorted(kwargs)}, but the graph was traced with "
@@ -185,3 +187,53 @@ def purify_module(model: torch.nn.Module, *example_inputs, tracing_mode: str = "
                         "for a function use fxpurify.purify(fxpurify.trace(fn, *inputs))")
     return PurifiedModule(model, example_inputs, example_kwargs, tracing_mode=tracing_mode,
                           pre_dispatch=pre_dispatch, purify_fn=purify_fn)
+
+
+class PurifiedFunction:
+    """A function's pure graph behind the function's own calling convention.
+
+    ``fxpurify.trace`` flattens inputs to their tensor leaves and outputs to a tuple; this puts
+    the structure back, so ``purify_function(f, *inputs)(*inputs)`` returns what ``f`` returns
+    (``None`` for an optimizer step). Same attributes as :class:`PurifiedModule`.
+    """
+
+    def __init__(self, fn: Callable, example_inputs: tuple, example_kwargs: dict, *,
+                 tracing_mode: str = "real", pre_dispatch: bool = False,
+                 purify_fn: Callable | None = None):
+        from .capture import trace
+
+        self.fn = fn
+        self.original_graph = trace(fn, *example_inputs, tracing_mode=tracing_mode,
+                                    pre_dispatch=pre_dispatch, **example_kwargs)
+        user = [x for x in pytree.tree_leaves((example_inputs, example_kwargs)) if _is_dynamic_leaf(x)]
+        self.graph_module = (purify_fn or _default_purify)(self.original_graph, user)
+        leaves, spec = pytree.tree_flatten((tuple(example_inputs), dict(example_kwargs)))
+        self._in_spec, self._kwarg_names = spec, tuple(example_kwargs)
+        self._constants = {i: v for i, v in enumerate(leaves) if not _is_dynamic_leaf(v)}
+        self._out_spec = self.original_graph.meta["fxpurify_capture"]["out_spec"]
+        try:
+            self.__signature__ = inspect.signature(fn)
+        except (TypeError, ValueError):
+            pass
+
+    @property
+    def report(self):
+        from .report import report_of
+        return report_of(self.graph_module)
+
+    def __call__(self, *args, **kwargs):
+        compiled = _Compiled(None, self.graph_module, self._in_spec, self._kwarg_names,
+                             self._constants)
+        user = PurifiedModule._flat_user_inputs(compiled, args, kwargs)
+        out = self.graph_module(*user)
+        if self._out_spec is None:
+            return out
+        return pytree.tree_unflatten(list(out), self._out_spec)
+
+
+def purify_function(fn: Callable, *example_inputs, tracing_mode: str = "real",
+                    pre_dispatch: bool = False, purify_fn: Callable | None = None,
+                    **example_kwargs) -> PurifiedFunction:
+    """``fxpurify.purify(fxpurify.trace(fn, ...))`` wrapped to be called exactly like ``fn``."""
+    return PurifiedFunction(fn, example_inputs, example_kwargs, tracing_mode=tracing_mode,
+                            pre_dispatch=pre_dispatch, purify_fn=purify_fn)
