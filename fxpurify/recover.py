@@ -274,18 +274,36 @@ class _Analysis:
     roots: dict[fx.Node, frozenset]
     written: dict[fx.Node, list[fx.Node]]   # written target -> nodes writing it (any alias)
     has_call_module: bool
+    # write -> the (begin, end) grad-mode bracket of the epilogue it sits in, if any
+    bracket: dict[fx.Node, tuple[fx.Node, fx.Node]]
 
-    def readers_before(self, target: fx.Node, limit: int,
-                       exclude: Iterable[fx.Node]) -> int:
-        """Position of the last node before ``limit`` that reads ``target`` (or -1)."""
-        ex = set(exclude)
-        last = self.pos[target]
-        for n, i in self.pos.items():
-            if i >= limit or n in ex:
-                continue
-            if any(target in self.roots.get(a, ()) for a in _node_args(n)):
-                last = max(last, i)
-        return last
+
+def _is_bracket_begin(node: fx.Node) -> bool:
+    """``fxpurify.runtime.begin_write_back``: decides the grad mode of the write-backs.
+
+    It reads the written inputs' *metadata* (``is_leaf``, ``requires_grad``), never their data,
+    so it is not a reader of their values for the proofs above.
+    """
+    t = node.target
+    return (node.op == "call_function" and getattr(t, "__name__", "") == "begin_write_back"
+            and "fxpurify" in getattr(t, "__module__", ""))
+
+
+def _brackets(graph: fx.Graph) -> dict[fx.Node, tuple[fx.Node, fx.Node]]:
+    """Map each node inside ``b = begin_write_back(...) ... _set_grad_enabled(b)`` to (b, end)."""
+    out: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
+    open_b, inside = None, []
+    for n in graph.nodes:
+        if _is_bracket_begin(n):
+            open_b, inside = n, []
+        elif (open_b is not None and n.op == "call_function"
+              and n.target is torch._C._set_grad_enabled and n.args and n.args[0] is open_b):
+            for m in inside:
+                out[m] = (open_b, n)
+            open_b, inside = None, []
+        elif open_b is not None:
+            inside.append(n)
+    return out
 
 
 def _analyse(graph: fx.Graph) -> _Analysis:
@@ -297,19 +315,49 @@ def _analyse(graph: fx.Graph) -> _Analysis:
             for r in roots.get(w, frozenset({w})):
                 written.setdefault(r, []).append(n)
     has_cm = any(n.op == "call_module" for n in graph.nodes)
-    return _Analysis(pos, roots, written, has_cm)
+    return _Analysis(pos, roots, written, has_cm, _brackets(graph))
 
 
 def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
-    """For each target: sorted positions of nodes reading it (one pass over the graph)."""
+    """For each target: positions of nodes reading its value (one pass over the graph)."""
     reads: dict[fx.Node, list[int]] = {t: [] for t in targets}
     for n in graph.nodes:
+        if _is_bracket_begin(n):
+            continue  # metadata only (see _is_bracket_begin)
         hit = set()
         for a in _node_args(n):
             hit |= an.roots.get(a, frozenset()) & targets
         for t in hit:
             reads[t].append(an.pos[n])
     return reads
+
+
+def _insert_write(graph: fx.Graph, after: fx.Node, make, bracket) -> fx.Node:
+    """Insert the write built by ``make()`` after ``after``, in its own copy of the epilogue's
+    grad-mode bracket when it came from one, so it runs under exactly the grad mode it had.
+
+    Returns the last node inserted."""
+    if bracket is None:
+        with graph.inserting_after(after):
+            return make(after)
+    begin, _ = bracket
+    with graph.inserting_after(after):
+        b = graph.call_function(begin.target, begin.args, begin.kwargs)
+    b.meta = copy.copy(begin.meta)
+    last = make(b)
+    with graph.inserting_after(last):
+        e = graph.call_function(torch._C._set_grad_enabled, (b,))
+    return e
+
+
+def _drop_empty_brackets(graph: fx.Graph) -> None:
+    """A bracket left with nothing inside is a no-op (mode set, then restored): remove it."""
+    for n in list(graph.nodes):
+        if _is_bracket_begin(n) and len(n.users) == 1:
+            (end,) = n.users
+            if end.target is torch._C._set_grad_enabled and n.next is end:
+                graph.erase_node(end)
+                graph.erase_node(n)
 
 
 def _copy_candidates(graph: fx.Graph, an: _Analysis, *, plain_only: bool):
@@ -364,10 +412,17 @@ def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
             continue
         moves.append((c, p, v, nodes[anchor], pc - anchor - 1))
     for c, p, v, after, distance in moves:
-        after.append(c)
+        bracket = an.bracket.get(c)
+
+        def make(at, c=c):
+            at.append(c)
+            return c
+
+        _insert_write(graph, after, make, bracket)
         records.append(RecoveryRecord(
             "early_writeback", p.name, c.name,
             f"moved {distance} nodes earlier, after {after.name}", _nbytes(_val(v))))
+    _drop_empty_brackets(graph)
 
 
 def _same_layout(a: Any, b: Any) -> bool:
@@ -463,14 +518,18 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
             continue  # a reader of the new value sits before the last reader of the old one
         plans.append((c, p, s, chain, dead, nodes[anchor]))
     for c, p, s, chain, dead, after in plans:
-        cur = p
-        insert_at = after
-        new_nodes = []
-        for _kind, op, args in chain:  # views of p, then the write: all (target, *args)
-            with graph.inserting_after(insert_at):
-                cur = graph.call_function(op, (cur, *args))
-            insert_at = cur
-            new_nodes.append(cur)
+        new_nodes: list[fx.Node] = []
+
+        def make(at, chain=chain, p=p):
+            cur, insert_at = p, at
+            for _kind, op, args in chain:  # views of p, then the write: all (target, *args)
+                with graph.inserting_after(insert_at):
+                    cur = graph.call_function(op, (cur, *args))
+                insert_at = cur
+                new_nodes.append(cur)
+            return cur
+
+        _insert_write(graph, after, make, an.bracket.get(c))
         for n in new_nodes:
             n.meta["fxpurify_recover"] = f"in place of {s.name} ({s.target})"
             if "stack_trace" in s.meta:
@@ -486,6 +545,7 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
             "inplace_scatter", p.name, s.name,
             f"{s.target} -> " + " -> ".join(str(op) for _, op, _ in chain),
             _nbytes(_val(p))))
+    _drop_empty_brackets(graph)
 
 
 def _set_val(new_nodes: list[fx.Node], p: fx.Node) -> None:
