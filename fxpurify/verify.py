@@ -362,13 +362,16 @@ def _backward(run: _Run) -> None:
              if isinstance(o, torch.Tensor) and o.requires_grad and _is_float(o)]
     terms += [t for t in run.cloned.retained.values() if t.requires_grad and _is_float(t)]
     leaves = {**run.cloned.grad_leaves, **run.extra_leaves}
-    loss = _loss_terms(terms)
-    if loss is not None:
-        try:
+    try:
+        # Building the loss can already fail: using a multi-output view (split/unbind) whose
+        # base was modified in place raises on first use. Eager autograd may reject the
+        # program either way; report it, don't hide it.
+        loss = _loss_terms(terms)
+        if loss is not None:
             loss.backward()
-        except Exception as e:  # eager autograd may reject the program; report, don't hide
-            run.backward_error = e
-            return
+    except Exception as e:
+        run.backward_error = e
+        return
     run.grads = {name: (leaf.grad.detach().clone() if leaf.grad is not None else None)
                  for name, leaf in leaves.items()}
 

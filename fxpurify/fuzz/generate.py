@@ -79,7 +79,8 @@ class Program:
             text += ('\n\nif __name__ == "__main__":\n'
                      "    from fxpurify.fuzz.runner import check_functions\n"
                      f"    print(check_functions(make_inputs, {PROGRAM_FN}, "
-                     f"{PROGRAM_FN}_oop, filename=__file__))\n")
+                     f"{PROGRAM_FN}_oop, filename=__file__, "
+                     f"with_example_inputs={self.seed % 2 == 0}))\n")
         return text
 
     def families(self) -> set[str]:
@@ -260,20 +261,28 @@ def t_view(c: _Ctx):
     elif choice == "squeeze":
         expr = f"{v}.squeeze({d})" if rng.random() < 0.5 else f"{v}.squeeze()"
     elif choice in ("split", "chunk", "unbind"):
+        # Multi-output views. Their out-of-place twin uses single-output views (narrow/select)
+        # of the same memory: autograd forbids using a split/unbind output after its base was
+        # written in place, even in backward of the out-of-place program.
         if n < 2:
             return None
         if choice == "unbind" and n <= 4:
             outs = [c.new() for _ in range(n)]
             src = f"{', '.join(outs)} = {v}.unbind({d})"
-            return ("view", src, src, tuple(outs), "multi_view")
+            oop = "\n".join(f"{o} = {v}.select({d}, {k})" for k, o in enumerate(outs))
+            return ("view", src, oop, tuple(outs), "multi_view")
         if choice == "split":
             k = rng.randrange(1, n)
             outs = [c.new(), c.new()]
             src = f"{outs[0]}, {outs[1]} = {v}.split([{k}, {n - k}], {d})"
-            return ("view", src, src, tuple(outs), "multi_view")
+            oop = f"{outs[0]} = {v}.narrow({d}, 0, {k})\n{outs[1]} = {v}.narrow({d}, {k}, {n - k})"
+            return ("view", src, oop, tuple(outs), "multi_view")
         chunks = min(n, rng.choice([2, 3]))
-        nout = len(torch.empty(n).chunk(chunks))
-        expr = f"{v}.chunk({chunks}, {d})[{rng.randrange(nout)}]"
+        sizes = [len(p) for p in torch.empty(n).chunk(chunks)]
+        i = rng.randrange(len(sizes))
+        src = f"{new} = {v}.chunk({chunks}, {d})[{i}]"
+        oop = f"{new} = {v}.narrow({d}, {sum(sizes[:i])}, {sizes[i]})"
+        return ("view", src, oop, (new,), "multi_view")
     elif choice == "as_strided":
         base_numel = tv.untyped_storage().nbytes() // max(1, tv.element_size())
         if base_numel < 2:

@@ -105,11 +105,12 @@ def _check(prog: Program, purify, check_pure, refusal_types) -> Outcome:
     except Exception as e:
         return Outcome("skipped", f"program does not compile: {_first_line(e)}")
     return _check_fns(ns["make_inputs"], ns[PROGRAM_FN], ns[PROGRAM_FN + "_oop"], purify,
-                      check_pure, refusal_types)
+                      check_pure, refusal_types, prog.seed % 2 == 0)
 
 
 def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None = None, *,
-                    filename: str | None = None, purify: Callable | None = None,
+                    filename: str | None = None, with_example_inputs: bool = True,
+                    purify: Callable | None = None,
                     check_pure: Callable | None = None,
                     refusal_types: tuple[type, ...] | None = None) -> Outcome:
     """The same check for hand-written functions (what a saved reproducer's ``__main__`` runs)."""
@@ -121,10 +122,14 @@ def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None
         linecache.updatecache(filename)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _check_fns(make_inputs, fn, fn_oop or fn, purify, check_pure, refusal_types or ())
+        return _check_fns(make_inputs, fn, fn_oop or fn, purify, check_pure, refusal_types or (),
+                          with_example_inputs)
 
 
-def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types) -> Outcome:
+def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types,
+               with_example_inputs: bool) -> Outcome:
+    """``with_example_inputs``: the graph already carries ``meta["val"]``, so ``purify`` needs no
+    inputs; the fuzzer alternates (even seeds pass them) to cover both entry paths."""
     try:
         inputs = make_inputs()
         fn(*clone_inputs(inputs).inputs)
@@ -136,7 +141,8 @@ def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types) -> Ou
         return Outcome("skipped", f"make_fx fails: {_first_line(e)}")
     code_before = str(gm.graph)
     try:
-        gm2 = purify(gm, example_inputs=clone_inputs(inputs).inputs)
+        example = clone_inputs(inputs).inputs if with_example_inputs else None
+        gm2 = purify(gm, example_inputs=example)
     except refusal_types as e:
         return Outcome("refused", _first_line(e), refusal=_refusal_name(e))
     except Exception as e:

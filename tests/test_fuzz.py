@@ -1,0 +1,203 @@
+"""The differential fuzzer: its machinery (generator, classifier, reducer, reproducers, CLI) and a
+bounded slice against the real pass (zero wrong results, zero crashes).
+
+The longer run is a documented command (docs/readme_trust.md):
+``python -m fxpurify.fuzz --seed 0 --count 20000``.
+"""
+import collections
+import dataclasses
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+import fxpurify
+from fxpurify.errors import FxPurifyError, UnsupportedError
+from fxpurify.fuzz import check_program, generate, run
+from fxpurify.fuzz.__main__ import main as fuzz_main
+from fxpurify.fuzz.generate import Program, Stmt
+from fxpurify.fuzz.reduce import reduce_program
+from fxpurify.fuzz.runner import load_source
+from fxpurify.verify import clone_inputs
+
+SLICE = 300  # programs in the CI slice (about 10-20 s on one core)
+
+
+def _prog(stmts, returns, inputs=("x0 = torch.randn((4, 6), generator=g)",), names=("x0",)):
+    return Program(0, list(inputs), list(names),
+                   [Stmt(k, s, o, tuple(d), "") for k, s, o, d in stmts], list(returns))
+
+
+_MUTATES_INPUT_VIEW = _prog([("view", "t1 = x0[1:, ::2]", "t1 = x0[1:, ::2]", ["t1"]),
+                             ("inplace", "t1.mul_(2)", "t1.copy_(t1.clone().mul_(2))", [])],
+                            ["t1"])
+
+
+def _functionalize_anchor(gm, example_inputs=None):
+    """A wrong pass: drops every mutation of the inputs (and output aliasing)."""
+    inputs = example_inputs or [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = [torch.zeros(t.shape, dtype=t.dtype) for t in inputs]
+    out = make_fx(torch.func.functionalize(gm, remove="mutations_and_views"))(*inputs)
+    for n in list(out.graph.nodes):
+        if n.target is torch.ops.aten.copy_.default and n.args[0].op == "placeholder":
+            n.replace_all_uses_with(n.args[1])
+            out.graph.erase_node(n)
+    out.recompile()
+    return out
+
+
+# ---------------------------------------------------------------- generator
+
+def test_programs_are_deterministic_and_run_eagerly():
+    for seed in range(20):
+        p, q = generate(seed), generate(seed)
+        assert p.source(oop=True) == q.source(oop=True)
+        ns = load_source(p.source(oop=True), f"gen_{seed}.py")
+        inputs = ns["make_inputs"]()
+        out = ns["forward"](*clone_inputs(inputs).inputs)
+        assert isinstance(out, tuple) and len(out) == len(p.returns)
+
+
+def test_generator_covers_the_issue_list():
+    text = collections.Counter()
+    fams = collections.Counter()
+    for seed in range(400):
+        p = generate(seed)
+        src = p.source()
+        fams.update(p.families())
+        for needle in ["::", ".select(", ".diagonal(", ".transpose(", ".permute(", ".view(",
+                       ".reshape(", ".unsqueeze(", ".squeeze(", ".split(", ".chunk(", ".unbind(",
+                       ".as_strided(", ".unfold(", ".expand(", ".copy_(", ".fill_(", ".zero_(",
+                       ".index_put_(", ".index_copy_(", ".masked_fill_(", ".scatter_(",
+                       "out=", ".transpose_(", ".unsqueeze_(", ".uniform_(", ".bernoulli_(",
+                       "torch.no_grad()", "requires_grad_()", "b0 = ", ".double()"]:
+            text[needle] += needle in src
+    missing = [k for k, v in text.items() if v == 0]
+    assert not missing, f"generator never produced: {missing}"
+    for fam in ["arith", "copy", "fill", "index", "out", "random", "meta", "view", "multi_view",
+                "setitem", "nograd_arith"]:
+        assert fams[fam] > 0, fam
+
+
+def test_out_of_place_form_matches_forward_and_passes_backward():
+    """Programs eager autograd rejects get a reference whose backward works, same forward."""
+    from fxpurify.verify import compare_with_eager
+    found = 0
+    for seed in range(400):
+        p = generate(seed)
+        ns = load_source(p.source(oop=True), f"oop_{seed}.py")
+        inputs = ns["make_inputs"]()
+        if not any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs):
+            continue
+        s = compare_with_eager(ns["forward"], ns["forward"], inputs)
+        if s.reference_backward_error is None:
+            continue
+        compare_with_eager(ns["forward"], ns["forward_oop"], inputs, grads=False)
+        s2 = compare_with_eager(ns["forward_oop"], ns["forward_oop"], inputs)
+        assert s2.reference_backward_error is None, p.source(oop=True)
+        found += 1
+        if found == 3:
+            break
+    assert found == 3, "no program with an autograd-rejected in-place op in 400 seeds"
+
+
+# ---------------------------------------------------------------- classification
+
+def test_a_pass_that_drops_writes_is_WRONG():
+    out = check_program(_MUTATES_INPUT_VIEW, purify=_functionalize_anchor, check_pure=None)
+    assert out.kind == "WRONG" and out.is_failure
+    assert "input[0] after the call" in out.detail
+
+
+def test_refusals_are_counted_by_kind_and_other_exceptions_are_crashes():
+    def refuse(gm, example_inputs=None):
+        raise UnsupportedError("no", pattern="overlapping-write")
+
+    def crash(gm, example_inputs=None):
+        raise KeyError("bug")
+    out = check_program(_MUTATES_INPUT_VIEW, purify=refuse, refusal_types=(FxPurifyError,))
+    assert (out.kind, out.refusal) == ("refused", "unsupported:overlapping-write")
+    out = check_program(_MUTATES_INPUT_VIEW, purify=crash, refusal_types=(FxPurifyError,))
+    assert (out.kind, out.exc_type) == ("crash", "KeyError")
+
+
+def test_a_pass_that_edits_its_input_graph_is_a_crash():
+    def vandal(gm, example_inputs=None):
+        node = next(n for n in gm.graph.nodes if n.op == "call_function")
+        node.args = (node.args[0],) + tuple(node.args[1:-1]) + (3,)
+        return gm
+    out = check_program(_MUTATES_INPUT_VIEW, purify=vandal, check_pure=None)
+    assert (out.kind, out.exc_type) == ("crash", "ModifiedInput")
+
+
+def test_an_impure_result_is_reported():
+    out = check_program(_MUTATES_INPUT_VIEW, purify=lambda gm, example_inputs=None: gm,
+                        check_pure=fxpurify.check_pure)
+    assert out.kind == "impure"
+
+
+def test_tracer_disagreement_is_not_blamed_on_the_pass():
+    # identity "pass" on a program make_fx traces faithfully: ok, not WRONG
+    out = check_program(_MUTATES_INPUT_VIEW, purify=lambda gm, example_inputs=None: gm,
+                        check_pure=None)
+    assert out.kind == "ok"
+
+
+# ---------------------------------------------------------------- reducer and reproducers
+
+def test_reducer_shrinks_to_the_culprit_and_reproducer_replays():
+    def picky(gm, example_inputs=None):
+        if any(n.target is torch.ops.aten.sin_.default for n in gm.graph.nodes):
+            raise ValueError("sin_ bug")
+        return gm
+    stmts = [("view", "t1 = x0[1:]", "t1 = x0[1:]", ["t1"]),
+             ("compute", "t2 = x0 * 2", "t2 = (x0.clone() * 2).clone()", ["t2"]),
+             ("inplace", "t2.add_(1.0)", "t2.copy_(t2.clone().add_(1.0))", []),
+             ("view", "t3 = t2.t()", "t3 = t2.t()", ["t3"]),
+             ("inplace", "t3.sin_()", "t3.copy_(t3.clone().sin_())", []),
+             ("inplace", "t1.zero_()", "t1.zero_()", [])]
+    p = _prog(stmts, ["t1", "t2", "t3"])
+    chk = lambda q: check_program(q, purify=picky, check_pure=None)  # noqa: E731
+    out = chk(p)
+    assert (out.kind, out.exc_type) == ("crash", "ValueError")
+    small = reduce_program(p, out, chk)
+    assert [s.src for s in small.stmts] == ["t2 = x0 * 2", "t3 = t2.t()", "t3.sin_()"]
+    assert chk(small).signature() == out.signature()
+    src = small.source(oop=True, header="hdr", main=True)
+    assert src.startswith("# hdr") and "check_functions" in src
+    ns = load_source(src, "repro.py")  # not __main__: define, don't run
+    from fxpurify.fuzz.runner import check_functions
+    replay = check_functions(ns["make_inputs"], ns["forward"], ns["forward_oop"], purify=picky,
+                             check_pure=None)
+    assert replay.signature() == out.signature()
+
+
+def test_run_saves_reduced_failures(tmp_path):
+    stats = run(0, 6, check=lambda p: check_program(p, purify=_functionalize_anchor,
+                                                   check_pure=None),
+                save_failures=str(tmp_path))
+    assert stats.programs == 6 and stats.failed == len(stats.failures) > 0
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == stats.failed
+    assert all(f.read_text().startswith("# fxpurify fuzz reproducer") for f in files)
+    assert "programs/s" in stats.summary()
+
+
+# ---------------------------------------------------------------- the real pass
+
+def test_fuzz_slice_has_no_wrong_results_and_no_crashes():
+    torch.set_num_threads(1)
+    stats = run(0, SLICE)
+    assert stats.programs == SLICE
+    assert stats.outcomes["ok"] > SLICE // 2, stats.summary()
+    msg = stats.summary() + "".join(
+        f"\n\n===== program {f.seed}: {f.outcome.kind}\n{f.reproducer()}"
+        for f in stats.failures[:5])
+    assert stats.failed == 0, msg
+
+
+def test_cli_prints_rates_and_counts(capsys):
+    rc = fuzz_main(["--seed", "3", "--count", "4", "--quiet"])
+    out = capsys.readouterr().out
+    assert "programs/s" in out and "outcomes: ok=" in out
+    assert rc == (1 if "FAILED" in out else 0)
