@@ -240,15 +240,48 @@ def _errors():
     return errors
 
 
+def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
+    """Re-derive every ``meta["val"]`` of a real-mode trace in *one* fake mode.
+
+    ``make_fx(tracing_mode="real")`` snapshots each value into its own ``FakeTensorMode``, so no
+    two ``meta["val"]`` share a fake storage: an ``add_`` result does not alias its input and
+    two aliased inputs do not alias each other, which defeats an alias analysis that confirms
+    aliasing by storage identity (``fake`` / ``symbolic`` traces do not have this problem). We
+    convert the caller's inputs with a single mode (views of one base stay views of one fake
+    base) and re-run ``FakeTensorProp`` over the graph. ``FakeTensorProp`` snapshots values
+    with ``detach()``, like ``make_fx`` does, so ``requires_grad`` is ``False`` in the metadata
+    either way; it runs under ``no_grad`` because the graph may write leaves that require grad
+    (an optimizer step traced without ``pre_dispatch``). If propagation fails (an op fake
+    tensors cannot run), ``make_fx``'s own metadata is kept and a warning logged.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # get_attr constants are real tensors
+    saved = {n: n.meta.get("val") for n in gm.graph.nodes}
+    try:
+        fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
+                 for x in inputs]
+        with torch.no_grad(), torch.autograd.grad_mode.set_grad_enabled(False):
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+    except Exception as e:  # noqa: BLE001 - any failure: fall back to make_fx's metadata
+        log.warning("fxpurify.trace: could not unify fake metadata (%s: %s); keeping make_fx's "
+                    "per-node metadata, whose storages do not reflect aliasing", type(e).__name__, e)
+        for n, v in saved.items():
+            if v is not None:
+                n.meta["val"] = v
+
+
 def _make_fx_trace(fn, args: tuple, kwargs: dict, *, tracing_mode: str, pre_dispatch: bool):
     if tracing_mode not in _TRACING_MODES:
         raise ValueError(f"tracing_mode={tracing_mode!r}; valid: {', '.join(_TRACING_MODES)}")
     flat_fn, dyn, state, per_arg = _make_flat_callable(fn, args, kwargs)
-    if tracing_mode == "real":
-        dyn = _clone_preserving_aliases(dyn)
+    traced_on = _clone_preserving_aliases(dyn) if tracing_mode == "real" else dyn
     with _record_user_stack_traces():
         gm = make_fx(flat_fn, tracing_mode=tracing_mode, pre_dispatch=pre_dispatch,
-                     record_stack_traces=True)(*dyn)
+                     record_stack_traces=True)(*traced_on)
+    if tracing_mode == "real":
+        _unify_fake_metadata(gm, dyn)
     _rename_placeholders(gm, _input_names(fn, args, kwargs, per_arg))
     gm.meta["fxpurify_capture"] = {"out_spec": state.get("out_spec"), "tracing_mode": tracing_mode,
                                    "pre_dispatch": pre_dispatch}
