@@ -20,23 +20,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `fxpurif
 import torch  # noqa: E402
 
 from benchmarks import harness, report  # noqa: E402
-from benchmarks.workloads import WORKLOAD_NAMES, build_workloads  # noqa: E402
+from benchmarks.workloads import build_workloads  # noqa: E402
+from fxpurify.bench_cli import add_arguments  # noqa: E402
 
 log = logging.getLogger("fxpurify.bench")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, 1k-node scaling only, no torch.compile variants (CI smoke)")
-    p.add_argument("--workloads", nargs="+", metavar="NAME",
-                   help=f"subset of: {', '.join(WORKLOAD_NAMES)}")
-    p.add_argument("--variants", nargs="+", metavar="NAME",
-                   help=f"subset of: {', '.join(harness.ALL_VARIANTS)}")
-    p.add_argument("--out", default="bench-out", help="folder for JSON/CSV/Markdown/PNG")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
-    p.add_argument("--format", default="github", choices=["github", "pipe"],
-                   help="table format")
 
 
 def run(args: argparse.Namespace, command: str | None = None) -> dict:

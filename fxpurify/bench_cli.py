@@ -28,6 +28,31 @@ def _import_run():
     return run
 
 
+# Kept here, not in benchmarks/, so that building the `fxpurify` parser never imports the
+# benchmark code (torch.compile, transformers): `fxpurify --help` stays fast and works from a
+# non-editable install. Names must match benchmarks.workloads / benchmarks.harness.
+WORKLOADS = ("kv_decode", "llama_decode", "cnn_train", "gpt2_train", "adam", "adam_foreach",
+             "adamw", "adamw_foreach", "synthetic_1k", "synthetic_5k", "synthetic_20k",
+             "synthetic_50k")
+VARIANTS = ("eager", "fxpurify", "fxpurify+writeback", "fxpurify+scatter", "fxpurify+recover",
+            "anchor", "aot_eager", "inductor", "purify[eager]", "purify[inductor]")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``fxpurify bench`` and ``python benchmarks/run.py``."""
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes, 1k-node scaling only, no torch.compile variants (CI smoke)")
+    p.add_argument("--workloads", nargs="+", metavar="NAME", choices=WORKLOADS,
+                   help=f"subset of: {', '.join(WORKLOADS)}")
+    p.add_argument("--variants", nargs="+", metavar="NAME", choices=VARIANTS,
+                   help=f"subset of: {', '.join(VARIANTS)}")
+    p.add_argument("--out", default="bench-out", help="folder for JSON/CSV/Markdown/PNG")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile variants")
+    p.add_argument("--format", default="github", choices=["github", "pipe"],
+                   help="table format")
+
+
 def _run_command(args: argparse.Namespace) -> int:
     run = _import_run()
     argv = [a for a in sys.argv[1:]]
@@ -45,7 +70,7 @@ def add_bench_subcommand(subparsers) -> argparse.ArgumentParser:
         "bench", help="measure the price of purity: pass time, step time, peak memory",
         description="Benchmarks fxpurify against eager, torch.compile backends and "
                     "make_fx(torch.func.functionalize) on built-in workloads.")
-    _import_run().add_arguments(p)
+    add_arguments(p)
     p.set_defaults(func=_run_command)
     return p
 
