@@ -7,8 +7,9 @@ Takes the ``Functionalizer`` after its walk and completes its graph:
    cloned first, as is an output that the original returned in fresh memory but whose pure value
    ended up sharing an input's or another output's memory (``copy_`` forwarding can do that);
 3. one ``aten.copy_`` write-back per mutated input, after everything else, with the bytes it
-   copies in the report, between ``runtime.begin_write_back`` (which decides the grad mode at
-   run time) and a node restoring the caller's grad mode;
+   copies in the report, between ``runtime.begin_write_back`` (grad mode for the writes, decided
+   at run time; version counters of inputs only written by hidden writes) and
+   ``runtime.end_write_back`` (restores both);
 4. outputs that aliased an input are replayed from the input after its write-back, so the caller
    sees the same aliasing as before; then ``as_strided_`` restores an input's changed metadata;
 5. a guard at the top refuses calls whose inputs share memory the trace assumed separate.
@@ -28,10 +29,8 @@ aten = torch.ops.aten
 
 
 def _nbytes(val):
-    try:
-        return int(val.numel()) * val.element_size()
-    except Exception:  # symbolic size
-        return None
+    numel = val.numel()
+    return numel * val.element_size() if isinstance(numel, int) else None   # None: symbolic size
 
 
 def finish(fz: Functionalizer) -> torch.fx.Graph:
@@ -79,15 +78,17 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
         finals[root] = value
     pending = [(root, value) for root, value in finals.items() if value is not root.input_node]
     placeholders = [root.input_node for root, _ in pending if root.input_node.op == "placeholder"]
-    grad_was = fz.call(runtime.begin_write_back, tuple(placeholders), val=True) if placeholders else None
+    hidden = [root.input_node for root, _ in pending if not root.visible_write]
+    token = fz.call(runtime.begin_write_back, (tuple(placeholders), tuple(hidden)), val=True) \
+        if placeholders or hidden else None
     for root, value in pending:
         ph = root.input_node
         fz.call(aten.copy_.default, (ph, value), origin=root.orig, val=_val(ph),
                 note=f"write-back of mutated input {ph.name}")
         fz.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
                       "the caller sees this input's final contents", _nbytes(_val(ph)))
-    if grad_was is not None:
-        fz.call(torch._C._set_grad_enabled, (grad_was,), val=True)
+    if token is not None:
+        fz.call(runtime.end_write_back, (token,), val=True)
 
     # (4) outputs aliasing inputs, then metadata epilogues
     def late(leaf):

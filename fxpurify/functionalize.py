@@ -73,7 +73,8 @@ PURE_HOPS = ("auto_functionalized", "auto_functionalized_v2", "with_effects")
 class Root:
     """A piece of memory of the original program and its current contents in the new graph."""
 
-    __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs")
+    __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
+                 "visible_write")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
@@ -82,6 +83,7 @@ class Root:
         self.input_node = input_node   # placeholder / get_attr of the new graph, when caller-visible
         self.orig = orig               # the original node that created the memory
         self.mutated = False
+        self.visible_write = False     # written by an op autograd sees (not only hidden BN writes)
         self.aliased_inputs: tuple = ()  # other inputs traced as sharing this storage
 
 
@@ -249,7 +251,7 @@ class Functionalizer:
             self.flush(root)
         return self.replay(root.value, ref.path)
 
-    def write(self, ref: Ref, value: torch.fx.Node, origin: torch.fx.Node):
+    def write(self, ref: Ref, value: torch.fx.Node, origin: torch.fx.Node, hidden: bool = False):
         root = ref.root
         if root.aliased_inputs:
             raise UnsupportedError(
@@ -258,7 +260,8 @@ class Functionalizer:
                 hint="pass inputs that do not share storage (e.g. .clone() one of them), or retrace")
         if ref.path:
             target_val = ref.path[-1].val
-            if target_val is not None and torch._debug_has_internal_overlap(target_val) == 1:
+            if target_val is not None and views.is_static(target_val) and \
+                    torch._debug_has_internal_overlap(target_val) == 1:
                 raise UnsupportedError(
                     "write into a view whose elements overlap in memory (expand, overlapping "
                     "unfold or as_strided): one element would receive several values",
@@ -266,6 +269,7 @@ class Functionalizer:
                     hint="clone the view before writing to it, or write into the base tensor")
         value = self._match_dtype(value, ref.val, origin)
         root.mutated = True
+        root.visible_write |= not hidden
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -519,13 +523,13 @@ class Functionalizer:
 
     def _write_result(self, ref, value, node, is_out):
         have, want = _val(value), ref.val
-        if is_out and _is_tensor(have) and _is_tensor(want) and tuple(have.shape) != tuple(want.shape):
+        if is_out and _is_tensor(have) and _is_tensor(want) and not views.same_shape(have.shape, want.shape):
             # out= resized its argument. Rebind when it is a whole fresh tensor (typical:
             # torch.empty(0) passed as out); a caller-visible or partial resize has no value form.
             if ref.path or ref.root.input_node is not None:
                 raise UnsupportedError("out= resizes a graph input or a view", node, pattern="resize-input",
                                        hint="pass an out tensor of the right size, or use the functional op")
-        if is_out and _is_tensor(have) and _is_tensor(want) and tuple(have.shape) != tuple(want.shape):
+        if is_out and _is_tensor(have) and _is_tensor(want) and not views.same_shape(have.shape, want.shape):
             ref.root.value, ref.root.pending_path, ref.root.pending_value = value, None, None
             ref.root.mutated = True
             ref.val = _val(node) if _is_tensor(_val(node)) else have
@@ -557,7 +561,7 @@ class Functionalizer:
         self.report.add("hidden-write", node, str(hidden.functional),
                         "train-mode batch norm writes running stats without declaring it (#73050)")
         for name, value in zip(hidden.written, results[3:]):
-            self.write(self.ref_of(bound[name], node), value, node)
+            self.write(self.ref_of(bound[name], node), value, node, hidden=True)
         nret = len(op._schema.returns)
         outs = [self._fresh(results[i], node, i, nret) for i in range(min(3, nret))]
         if nret > 3:
@@ -577,7 +581,7 @@ class Functionalizer:
         if have.dtype != want.dtype or have.device != want.device:
             value = self.call(aten._to_copy.default, (value,), {"dtype": want.dtype, "device": want.device},
                               origin=node, note="was copy_ (dtype/device conversion)")
-        if tuple(have.shape) != tuple(want.shape):
+        if not views.same_shape(have.shape, want.shape):
             value = self.call(aten.expand.default, (value, views.sizes_of(self, self.read(dst))), origin=node,
                               note="was copy_ (broadcast)")
         self.report.add("copy-forwarded", node, str(value.target) if value.op == "call_function" else value.name,
@@ -589,7 +593,7 @@ class Functionalizer:
         bound = bind_args(aten.resize_.default, node.args, node.kwargs)
         ref = self.ref_of(bound["self"], node)
         want = _val(node)
-        if tuple(want.shape) == tuple(ref.val.shape):
+        if views.same_shape(want.shape, ref.val.shape):
             self.env[node] = ref
             return
         if ref.path or ref.root.input_node is not None:

@@ -34,18 +34,30 @@ def check_inputs_not_aliased(names: tuple, mutated: tuple, *inputs) -> None:
 check_inputs_not_aliased._fxpurify_side_effect = True
 
 
-def begin_write_back(*mutated_inputs: torch.Tensor) -> bool:
-    """Set the grad mode for the write-backs; return the caller's mode (restored after them).
+def begin_write_back(mutated_inputs: tuple, hidden_only: tuple = ()) -> tuple:
+    """Prepare the write-backs; the token it returns goes to ``end_write_back``.
 
-    A leaf that requires grad can only have been mutated under ``no_grad`` (an optimizer step:
-    eager forbids anything else), so when one is among the inputs written back, the writes run
-    with grad off. Otherwise grad mode stays as the caller has it, so a non-leaf input's
-    autograd history is rebased exactly as eager's in-place op rebased it. (A graph that writes
-    both kinds writes all under no_grad: the non-leaf then keeps its old history.)"""
+    Grad mode: a leaf that requires grad can only have been mutated under ``no_grad`` (an
+    optimizer step: eager forbids anything else), so when one is among the inputs written back,
+    the writes run with grad off. Otherwise grad mode stays as the caller has it, so a non-leaf
+    input's autograd history is rebased exactly as eager's in-place op rebased it. (A graph
+    that writes both kinds writes all under no_grad: the non-leaf then keeps its old history.)
+
+    Version counters: inputs written *only* by hidden writes (train-mode batch norm's running
+    statistics) keep their version, as eager's kernel left it: autograd saved them for backward,
+    and a bump would make ``backward()`` fail the version check."""
     was = torch.is_grad_enabled()
     if was and any(t.is_leaf and t.requires_grad for t in mutated_inputs if isinstance(t, torch.Tensor)):
         torch._C._set_grad_enabled(False)
-    return was
+    return was, hidden_only, tuple(t._version for t in hidden_only)
+
+
+def end_write_back(token: tuple) -> None:
+    was, hidden_only, versions = token
+    if hidden_only:
+        torch._C._autograd._unsafe_set_version_counter(hidden_only, versions)
+    torch._C._set_grad_enabled(was)
 
 
 begin_write_back._fxpurify_side_effect = True
+end_write_back._fxpurify_side_effect = True

@@ -27,6 +27,7 @@ rejects most of them and no value semantics exists for the rest.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -80,16 +81,30 @@ def sizes_of(emitter, node: torch.fx.Node) -> list:
     return out
 
 
+def known_equal(a, b) -> bool:
+    """``a == b`` for ints or SymInts, True only when provably so. Never adds a guard to the
+    shape environment (a guard could specialize the caller's symbolic graph)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+    return statically_known_true(a == b)
+
+
+def same_shape(a, b) -> bool:
+    return len(a) == len(b) and all(known_equal(x, y) for x, y in zip(a, b))
+
+
+def is_static(val) -> bool:
+    return all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset()))
+
+
 def layout_matches(current, original) -> bool:
     """True when ``current`` sits in its storage exactly as ``original`` did in its own, so
     storage-relative views (``as_strided``) select the same elements from either."""
-    try:
-        return (tuple(current.shape) == tuple(original.shape)
-                and tuple(current.stride()) == tuple(original.stride())
-                and current.storage_offset() == original.storage_offset()
-                and current.untyped_storage().nbytes() == original.untyped_storage().nbytes())
-    except Exception:  # symbolic layout we cannot compare for certain
-        return False
+    return (same_shape(current.shape, original.shape)
+            and same_shape(current.stride(), original.stride())
+            and known_equal(current.storage_offset(), original.storage_offset())
+            and known_equal(current.untyped_storage().nbytes(), original.untyped_storage().nbytes()))
 
 
 def _concrete(values) -> bool:
@@ -132,23 +147,31 @@ def _diagonal(e, step, base, value):
                   origin=step.source)
 
 
+def _sym_mul(e, a, k):
+    return a * k if isinstance(a, int) else e.call(operator.mul, (a, k), origin=None)
+
+
+def _sym_add(e, a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    return e.call(operator.add, (a, b))
+
+
 def _split(e, step, base, value):
     b = step.bound(base)
-    size, dim = b["split_size"], b["dim"]
-    if not isinstance(size, int):
-        return _as_strided_fallback(e, step, base, value)
-    return e.call(aten.slice_scatter.default, (base, value, dim, step.index * size, (step.index + 1) * size),
-                  origin=step.source)
+    size, dim, i = b["split_size"], b["dim"], step.index
+    start, end = _sym_mul(e, size, i), _sym_mul(e, size, i + 1)
+    return e.call(aten.slice_scatter.default, (base, value, dim, start, end), origin=step.source)
 
 
 def _split_with_sizes(e, step, base, value):
     b = step.bound(base)
     sizes = list(b["split_sizes"])
-    if not _concrete(sizes[: step.index + 1]):
-        return _as_strided_fallback(e, step, base, value)
-    start = sum(sizes[: step.index])
-    return e.call(aten.slice_scatter.default, (base, value, b["dim"], start, start + sizes[step.index]),
-                  origin=step.source)
+    start = 0
+    for s in sizes[: step.index]:
+        start = _sym_add(e, start, s)
+    end = _sym_add(e, start, sizes[step.index])
+    return e.call(aten.slice_scatter.default, (base, value, b["dim"], start, end), origin=step.source)
 
 
 def _unbind(e, step, base, value):
