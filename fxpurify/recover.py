@@ -92,6 +92,16 @@ output, or the caller would receive an alias of its input where it used to get a
 in-place write to ``p`` is legal (inputs requiring grad go through ``write_back_input``), the
 version bump happens after every reader of the old value exactly as with the epilogue copy,
 and none of these scatters' backward formulas needs the old ``self``.
+Grad mode of the writes. The core emits its write-backs inside a bracket
+``b = begin_write_back(*written_inputs) ... torch._C._set_grad_enabled(b)``: ``begin_write_back``
+turns grad off when a written input is a leaf that requires grad (an optimizer step). A write
+moved out of the bracket gets its own copy of the bracket (same function, same arguments), so it
+runs under exactly the grad mode it had; the decision reads only ``is_leaf``/``requires_grad``,
+which no write-back can change (a copy into a leaf that requires grad under grad mode is an
+error, and one under ``no_grad`` keeps it a leaf), so taking it earlier gives the same answer.
+For the same reason ``begin_write_back`` does not count as a reader of the inputs' values.
+A bracket left empty is removed.
+
 ``as_strided_scatter`` is not rewritten: ``as_strided`` on ``p`` and on ``p.clone()`` address
 different elements when ``p`` has an offset or odd strides, and its views may overlap
 (DESIGN pitfall 5).

@@ -425,3 +425,36 @@ def test_no_dead_nodes_introduced():
                   and not n.target._schema.is_mutable}
     assert dead_after <= dead_before
     assert not any(n.target is operator.getitem and not n.users for n in rec.graph.nodes)
+
+
+@pytest.mark.skipif(not _have_core(), reason="fxpurify.purify not landed")
+def test_moved_writes_keep_the_epilogue_grad_mode():
+    """Leaf parameters that require grad, updated under no_grad (an optimizer step), with the
+    step called in grad mode: each moved write must still run under no_grad (its own copy of the
+    epilogue's begin_write_back bracket), or copy_ into the leaf would raise."""
+    import fxpurify
+
+    def sgd(params, grads, bufs):
+        with torch.no_grad():
+            for p, g, b in zip(params, grads, bufs):
+                b.mul_(0.9).add_(g)
+                p.add_(b, alpha=-0.1)
+        return ()
+
+    torch.manual_seed(0)
+    args = [[torch.randn(64) for _ in range(4)] for _ in range(3)]
+    gm = fxpurify.trace(sgd, *_clone(args), pre_dispatch=True)
+    pure = fxpurify.purify(gm)
+    rec = recover_memory(pure)
+    assert sum(r.kind == "early_writeback" for r in records_of(rec)) == 8
+    flat = lambda a: [t for group in a for t in group]  # noqa: E731
+    ea, ga = _clone(args), _clone(args)
+    for t in ea[0] + ga[0]:
+        t.requires_grad_(True)
+    assert torch.is_grad_enabled()
+    sgd(*ea)
+    rec(*flat(ga))
+    for a, b in zip(flat(ga), flat(ea)):
+        torch.testing.assert_close(a.detach(), b.detach())
+    assert all(t.is_leaf and t.grad_fn is None for t in ga[0])
+    assert torch.is_grad_enabled()
