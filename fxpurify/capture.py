@@ -199,6 +199,15 @@ def _rename_placeholders(gm: torch.fx.GraphModule, names: Sequence[str]) -> None
     gm.recompile()
 
 
+def _set_class_name(gm: torch.fx.GraphModule, name: str) -> None:
+    """Name the graph after the user's program (``print_readable`` shows ``class TinyCNN``).
+
+    ``GraphModule`` gives every instance its own subclass, so renaming it touches nothing else.
+    """
+    name = _sanitize(name.replace("<lambda>", "lambda"))
+    type(gm).__name__ = type(gm).__qualname__ = name
+
+
 def _make_flat_callable(fn: Callable, args: tuple, kwargs: dict):
     """Wrap ``fn`` as ``f(*dynamic_leaves)`` returning a flat tuple (or one tensor).
 
@@ -283,6 +292,7 @@ def _make_fx_trace(fn, args: tuple, kwargs: dict, *, tracing_mode: str, pre_disp
     if tracing_mode == "real":
         _unify_fake_metadata(gm, dyn)
     _rename_placeholders(gm, _input_names(fn, args, kwargs, per_arg))
+    _set_class_name(gm, getattr(fn, "__name__", "") or type(fn).__name__)
     gm.meta["fxpurify_capture"] = {"out_spec": state.get("out_spec"), "tracing_mode": tracing_mode,
                                    "pre_dispatch": pre_dispatch}
     return gm
@@ -345,6 +355,7 @@ def trace_module(model: torch.nn.Module, *example_inputs, tracing_mode: str = "r
                     for a in (*example_inputs, *example_kwargs.values())]
     names = prefix + _input_names(fwd, example_inputs, example_kwargs, user_per_arg)
     _rename_placeholders(gm, names)
+    _set_class_name(gm, type(model).__name__)
     gm.meta["fxpurify_capture"].update(param_names=p_names, buffer_names=b_names)
     return ModuleCapture(gm, p_names, b_names, gm.meta["fxpurify_capture"]["out_spec"])
 

@@ -215,3 +215,15 @@ def test_purify_module_hf_llama_static_cache_fake_mode():
         torch.testing.assert_close(pm(nxt, pos2), ref(nxt, pos2))
     _assert_state_equal(m, ref)
     assert int(m.len0) == 6  # prefill 4 + two decode steps, written into the model's buffer
+
+
+def test_offline_module_example_runs(capsys):
+    import os
+    import runpy
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", "offline_module.py")
+    runpy.run_path(path, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "class TinyCNN" in out and "was aten.relu_.default" in out
+    assert "hidden-write" in out and "matches eager" in out
