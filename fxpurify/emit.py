@@ -22,7 +22,8 @@ import torch
 import torch.fx
 
 from . import runtime
-from .functionalize import Functionalizer, Multi, Poisoned, Ref, _FreshList, _storage, _val
+from .functionalize import Functionalizer, Multi, Poisoned, Ref, _FreshList, _val
+from .ops import op_info
 from .errors import UnsupportedError
 
 aten = torch.ops.aten
@@ -38,8 +39,7 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
     for root in fz.roots:
         fz.flush(root)
     written = [r for r in fz.roots if r.input_node is not None and r.mutated]
-    written_storages = {_storage(_val(r.input_node)): r for r in written}
-    input_storages = {_storage(_val(p)): p for p in fz.placeholders if isinstance(_val(p), torch.Tensor)}
+    written_inputs = {r.input_node for r in written}
 
     # (1, 2) outputs in fresh memory, read before any write-back.
     seen_storages: dict = {}
@@ -52,11 +52,10 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
             if v.root.input_node is not None:
                 return _Deferred(v)
             node = fz.read(v)
-            val = _val(node)
-            if isinstance(val, torch.Tensor):
-                key = _storage(val)
-                owner = seen_storages.setdefault(key, v.root)
-                if key in input_storages or owner is not v.root:
+            if isinstance(_val(node), torch.Tensor):
+                base = memory_of(node)
+                owner = seen_storages.setdefault(base, v.root)
+                if base.op in ("placeholder", "get_attr") or owner is not v.root:
                     node = fz.call(aten.clone.default, (node,), origin=leaf,
                                    note="clone: output must not share memory with an input")
                     fz.report.add("clone", leaf, "aten.clone", "pure value of a fresh output aliased an input")
@@ -71,8 +70,7 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
     finals = {}
     for root in written:
         value = root.value
-        val = _val(value)
-        if value is not root.input_node and isinstance(val, torch.Tensor) and _storage(val) in written_storages:
+        if value is not root.input_node and memory_of(value) in written_inputs:
             value = fz.call(aten.clone.default, (value,), origin=root.orig,
                             note="clone: new value reads an input that is written back")
         finals[root] = value
@@ -129,6 +127,26 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
                                         (tuple(p.name for p in tensor_inputs), mutated, *tensor_inputs))
             guard.meta["fxpurify"] = "call-time guard: mutated inputs must not share memory"
     return graph
+
+
+def memory_of(node: torch.fx.Node) -> torch.fx.Node:
+    """The node whose memory ``node`` shares in the pure graph: follow views to their base.
+
+    Decided structurally: in the pure graph only view ops (and ``getitem`` of a multi-output
+    view) alias, so this is exact without consulting fake storages."""
+    while node.op == "call_function":
+        target = node.target
+        if target is operator.getitem:
+            parent = node.args[0]
+            if isinstance(parent.target, torch._ops.OpOverload) and op_info(parent.target).is_multi_view:
+                node = parent.args[0]
+                continue
+            return node
+        if isinstance(target, torch._ops.OpOverload) and op_info(target).is_view:
+            node = node.args[0]
+            continue
+        return node
+    return node
 
 
 def _root_of(fz, placeholder):

@@ -64,6 +64,9 @@ aten = torch.ops.aten
 # Views that alias only sometimes (``reshape`` of a non-viewable tensor copies): the fake
 # values' storages decide.
 MAYBE_ALIAS = {aten.reshape.default, aten.contiguous.default, aten.reshape_as.default, aten.view_as.default}
+# In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
+DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
+                  "__iand__", "__ior__", "__ixor__"}
 # Higher-order ops that only switch a mode around their body: inlined.
 INLINED_HOPS = ("wrap_with_set_grad_enabled",)
 # Higher-order ops that are pure by construction.
@@ -74,7 +77,7 @@ class Root:
     """A piece of memory of the original program and its current contents in the new graph."""
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
-                 "visible_write")
+                 "visible_write", "no_grad_write")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
@@ -84,6 +87,7 @@ class Root:
         self.orig = orig               # the original node that created the memory
         self.mutated = False
         self.visible_write = False     # written by an op autograd sees (not only hidden BN writes)
+        self.no_grad_write = False     # written while the graph had grad mode off
         self.aliased_inputs: tuple = ()  # other inputs traced as sharing this storage
 
 
@@ -151,6 +155,7 @@ class Functionalizer:
         self.storage_roots: dict = {}   # StorageWeakRef of an input's fake value -> Root
         self.placeholders: list[torch.fx.Node] = []
         self.input_refs: dict[Root, Ref] = {}
+        self.grad_enabled: Optional[bool] = None   # as set by the graph's own grad-mode nodes
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
@@ -160,6 +165,8 @@ class Functionalizer:
             for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "seq_nr", "original_aten"):
                 if key in origin.meta:
                     node.meta[key] = origin.meta[key]
+        if val is None and target in views.SCATTERS:
+            val = views.scatter_value(args[0].meta["val"])
         node.meta["val"] = val if val is not None else self._fake_run(node)
         if note:
             node.meta["fxpurify"] = note
@@ -201,7 +208,7 @@ class Functionalizer:
                 "base no longer has the layout it was traced with (a stride-sensitive read after a "
                 "mutation changed strides)", step.source, pattern="stride-sensitive-read",
                 hint="use slicing/view ops instead of as_strided, or make the tensor contiguous first")
-        unchanged = base.meta.get("val") is step.base_val
+        unchanged = views.same_metadata(base.meta.get("val"), step.base_val)
         if step.index is None:
             if step.op is aten.view.default or step.op is aten._unsafe_view.default:
                 node = self.view_or_reshape(base, list(step.args[0]), origin=step.source) if not unchanged else \
@@ -244,12 +251,31 @@ class Functionalizer:
 
     def read(self, ref: Ref) -> torch.fx.Node:
         root = ref.root
+        if root.no_grad_write and self.grad_enabled is not False:
+            self._early_write_back(root)
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
                 return self.replay(root.pending_value, ref.path[k:])
             self.flush(root)
         return self.replay(root.value, ref.path)
+
+    def _early_write_back(self, root: Root):
+        """An input written under ``no_grad`` and then read with grad on: in eager the read sees
+        the *input tensor itself* (a leaf parameter after ``with no_grad(): w.mul_(0.9)``), so
+        gradients flow to it. A value computed under ``no_grad`` has no such link, so the new
+        contents are written back now and later reads read the input."""
+        from . import runtime
+        self.flush(root)
+        root.no_grad_write = False
+        ph = root.input_node
+        token = self.call(runtime.begin_write_back, ((ph,), ()), val=True)
+        self.call(aten.copy_.default, (ph, root.value), origin=root.orig, val=_val(ph),
+                  note=f"write-back of {ph.name}, written under no_grad and read after")
+        self.call(runtime.end_write_back, (token,), val=True)
+        self.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
+                        "written under no_grad, read with grad on: later reads read the input itself")
+        root.value, root.mutated = ph, False
 
     def write(self, ref: Ref, value: torch.fx.Node, origin: torch.fx.Node, hidden: bool = False):
         root = ref.root
@@ -270,6 +296,8 @@ class Functionalizer:
         value = self._match_dtype(value, ref.val, origin)
         root.mutated = True
         root.visible_write |= not hidden
+        if self.grad_enabled is False and root.input_node is not None and root.input_node.op == "placeholder":
+            root.no_grad_write = True
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -387,6 +415,8 @@ class Functionalizer:
         if isinstance(target, torch._ops.OpOverloadPacket):
             raise InvalidGraphError(f"call to the op packet {target} without an overload", node,
                                     hint="capture with make_fx / fxpurify.trace, which records overloads")
+        if target is torch._C._set_grad_enabled and isinstance(node.args[0], bool):
+            self.grad_enabled = node.args[0]
         if getattr(target, "__module__", "").startswith("torch") and target.__name__.endswith("_") \
                 and not target.__name__.startswith("_"):
             raise InvalidGraphError(f"torch-level in-place call {target.__name__}", node,
@@ -484,7 +514,8 @@ class Functionalizer:
                 for k in variant.extra_from_out:
                     if k in ("dtype", "device", "layout") and like is not None:
                         kwargs[k] = getattr(like, k)
-        new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}")
+        new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
+                        val=self._same_as_self(node, op, info, bound))
         nvals = info.fresh_returns + len(info.written)
         results = self._split_results(new, nvals, variant.auto, len(info.written))
         self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
@@ -508,6 +539,28 @@ class Functionalizer:
             else:
                 outs.append(self._fresh(results[j], node, j, len(info.aliased_returns)))
         self._bind_results(node, outs)
+
+    def _same_as_self(self, node, op, info, bound):
+        """The pure result's fake value without running the op, where it is certain: a plain
+        in-place op (``foo_``) whose tensor arguments all share ``self``'s dtype returns a tensor
+        exactly like ``self`` after the op, which is the node's recorded value. (Only its storage
+        differs; the pass decides aliasing structurally, never from new nodes' storages.)
+        ``None`` means "run the op on fake tensors" (comparisons return bool, promotion, out=)."""
+        if info.is_out or info.fresh_returns or info.written != ("self",):
+            return None
+        if op._schema.name.split("::")[-1].rstrip("_") in DTYPE_CHANGING:
+            return None
+        this = _val(node)
+        if not _is_tensor(this):
+            return None
+        for value in bound.values():
+            if isinstance(value, torch.fx.Node):
+                v = _val(value)
+                if not _is_tensor(v) or v.dtype != this.dtype:
+                    return None
+            elif isinstance(value, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in value):
+                return None
+        return this
 
     def _split_results(self, new, nvals, auto, nwritten):
         """The pure call's results as nodes: fresh returns, then one new value per written arg.
@@ -636,6 +689,7 @@ class Functionalizer:
         prev = self.call(torch.is_grad_enabled, (), val=True)
         prev.meta.pop("val", None)
         self.call(torch._C._set_grad_enabled, (enable,), origin=node, val=True).meta.pop("val", None)
+        outer_grad, self.grad_enabled = self.grad_enabled, enable if isinstance(enable, bool) else None
         sub_env = self.env
         placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
         for p, a in zip(placeholders, args):
@@ -652,6 +706,7 @@ class Functionalizer:
                 getattr(self, f"_on_{n.op}")(n)
         finally:
             self.gm = saved_gm
+        self.grad_enabled = outer_grad
         self.call(torch._C._set_grad_enabled, (prev,), origin=node, val=True).meta.pop("val", None)
         items = [self.env[o] if isinstance(o, torch.fx.Node) else o for o in outputs]
         self.env[node] = Multi(items)

@@ -23,9 +23,16 @@ from .errors import MissingMetadataError
 
 
 def _fake_modes(gm) -> set:
-    modes = set()
+    """Fake modes of the placeholders' and the first few ops' values: enough to tell a
+    real-mode make_fx graph (every node its own mode) from a consistent one, in O(inputs)."""
+    modes, ops_seen = set(), 0
     for node in gm.graph.nodes:
-        for v in pytree.tree_leaves(node.meta.get("val")):
+        if node.op != "placeholder":
+            if node.op != "call_function" or ops_seen >= 4:
+                continue
+            ops_seen += 1
+        val = node.meta.get("val")
+        for v in (val if isinstance(val, (tuple, list)) else (val,)):
             if isinstance(v, FakeTensor):
                 modes.add(v.fake_mode)
     return modes

@@ -98,6 +98,17 @@ def is_static(val) -> bool:
     return all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset()))
 
 
+def same_metadata(a, b) -> bool:
+    """Same dtype, sizes, strides and offset: a view replayed on ``a`` has the metadata the
+    original view had on ``b``."""
+    if a is b:
+        return True
+    if a is None or b is None or a.dtype != b.dtype or a.device != b.device:
+        return False
+    return (same_shape(a.shape, b.shape) and same_shape(a.stride(), b.stride())
+            and known_equal(a.storage_offset(), b.storage_offset()))
+
+
 def layout_matches(current, original) -> bool:
     """True when ``current`` sits in its storage exactly as ``original`` did in its own, so
     storage-relative views (``as_strided``) select the same elements from either."""
@@ -278,6 +289,16 @@ INVERSES[aten.movedim.int] = lambda e, s, b, v: e.call(
     aten.movedim.int, (v, s.bound(b)["destination"], s.bound(b)["source"]), origin=s.source)
 
 
+SCATTERS = {aten.slice_scatter.default, aten.select_scatter.default, aten.diagonal_scatter.default,
+            aten.as_strided_scatter.default}
+
+
 def inverse(emitter, step: ViewStep, base: torch.fx.Node, value: torch.fx.Node) -> torch.fx.Node:
     """The new value of ``base`` after ``value`` is written into ``step(base)``."""
     return INVERSES.get(step.op, _as_strided_fallback)(emitter, step, base, value)
+
+
+def scatter_value(base_val):
+    """Fake value of ``*_scatter(base, ...)``: the scatter ops clone ``base`` preserving its
+    strides and offset, so the result has exactly the base's metadata."""
+    return base_val

@@ -282,3 +282,33 @@ def test_check_pure_lists_impure_nodes():
     with pytest.raises(fxpurify.ImpureGraphError, match="add_"):
         fxpurify.check_pure(gm)
     assert [n.name for n in fxpurify.impure_nodes(gm)] == ["add_"]
+
+
+def test_no_grad_write_to_leaf_then_read():
+    """An optimizer-style update under no_grad, then a read with grad on: gradients must reach
+    the leaf itself, as in eager (needs the grad-mode nodes of a pre_dispatch trace)."""
+    def f(w, g):
+        with torch.no_grad():
+            w.mul_(0.9).add_(g)
+        return w * 2
+    inputs = [torch.randn(3, 3, requires_grad=True), torch.randn(3)]
+    with torch.random.fork_rng():
+        gm = make_fx(f, pre_dispatch=True)(*clone_inputs(inputs).inputs)
+    pure = fxpurify.purify(gm)
+    fxpurify.check_pure(pure)
+    compare_with_eager(f, pure, inputs)
+
+
+def test_optimizer_step_on_leaves():
+    """A plain SGD-with-momentum step: parameters (leaves requiring grad) written under no_grad."""
+    def step(p, grad, buf):
+        with torch.no_grad():
+            buf.mul_(0.9).add_(grad)
+            p.add_(buf, alpha=-0.1)
+    inputs = [torch.randn(4, requires_grad=True), torch.randn(4), torch.randn(4)]
+    for pre_dispatch in (False, True):
+        with torch.random.fork_rng():
+            gm = make_fx(step, pre_dispatch=pre_dispatch)(*clone_inputs(inputs).inputs)
+        pure = fxpurify.purify(gm)
+        assert len(write_backs(pure)) == 2
+        compare_with_eager(step, pure, inputs, grads=False)
