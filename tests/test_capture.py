@@ -384,3 +384,38 @@ def test_is_torch_level_graph():
     assert not is_torch_level_graph(trace(lambda x: x.split(2), torch.randn(4)))  # getitem
     assert not is_torch_level_graph(trace(lambda x: x.view(x.shape[0] // 2, 2), torch.randn(4),
                                           tracing_mode="symbolic"))  # SymInt arithmetic
+
+
+def test_trace_module_then_purify_updates_the_models_buffers():
+    import copy
+
+    import fxpurify
+
+    torch.manual_seed(0)
+    m = _Net().train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(6, 4)
+    pure = fxpurify.purify(trace(m, x))  # get_attr form: state is the model's own tensors
+    fxpurify.check_pure(pure)
+    for _ in range(2):
+        with torch.no_grad():
+            torch.testing.assert_close(pure(x), ref(x))
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(m.state_dict()[k], v, msg=k)
+
+
+def test_trace_hf_gpt2_in_fake_mode():
+    from fxpurify import models
+
+    if not models.has_transformers():
+        pytest.skip("transformers not installed")
+    bm = models.build("gpt2")
+    model, (ids,) = bm
+    gm = trace(model, ids, tracing_mode="fake")
+    _tensor_nodes_have_fake_val(gm)
+    traces = [n.meta.get("stack_trace", "") for n in gm.graph.nodes if n.op == "call_function"]
+    assert any("modeling_gpt2.py" in t for t in traces)
+    out = gm(ids)  # flattened ModelOutput: logits first
+    with torch.no_grad():
+        torch.testing.assert_close(out[0], model(ids).logits)
+    assert gm.meta["fxpurify_capture"]["out_spec"] is not None

@@ -227,3 +227,21 @@ def test_offline_module_example_runs(capsys):
     out = capsys.readouterr().out
     assert "class TinyCNN" in out and "was aten.relu_.default" in out
     assert "hidden-write" in out and "matches eager" in out
+
+
+@pytest.mark.parametrize("options", [{"pre_dispatch": True}, {"tracing_mode": "symbolic"},
+                                     {"tracing_mode": "fake"}])
+def test_purify_module_tracing_options_like_eager(options):
+    bm = models.build("cnn")
+    m, (x,) = bm
+    ref = copy.deepcopy(m)
+    pm = purify_module(m, x, **options)
+    check_pure(pm.graph_module)
+    torch.testing.assert_close(pm(x), ref(x))
+    _assert_state_equal(m, ref)
+    if options.get("tracing_mode") == "symbolic":  # another batch size, same graph
+        graph = pm.graph_module
+        x2 = torch.randn(2, 3, 8, 8)
+        torch.testing.assert_close(pm(x2), ref(x2))
+        _assert_state_equal(m, ref)
+        assert pm.graph_module is graph
