@@ -266,12 +266,16 @@ def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Non
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    mode = FakeTensorMode(allow_non_fake_inputs=True)  # get_attr constants are real tensors
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    # A ShapeEnv lets data-dependent ops (nonzero, boolean masks) get unbacked sizes; inputs
+    # stay static, as the real-mode trace was. get_attr constants are real tensors.
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv())
     saved = {n: n.meta.get("val") for n in gm.graph.nodes}
     try:
         fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                  for x in inputs]
-        with torch.no_grad(), torch.autograd.grad_mode.set_grad_enabled(False):
+        with torch.no_grad():
             FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
     except Exception as e:  # noqa: BLE001 - any failure: fall back to make_fx's metadata
         log.warning("fxpurify.trace: could not unify fake metadata (%s: %s); keeping make_fx's "
@@ -387,13 +391,12 @@ def _lift_to_get_attr(capture: ModuleCapture, model: torch.nn.Module) -> torch.f
     if first_real is not None:
         for n in [n for n in gm.graph.nodes if n.op == "get_attr" and n.target in set(targets)]:
             first_real.prepend(n)
-    for name, sub in gm.named_children():
+    for name, sub in gm.named_children():  # higher-order op bodies
         root.add_module(name, sub)
-    for name, buf in gm.named_buffers(recurse=False):  # make_fx tensor constants
-        root.register_buffer(name, buf)
-    for name in dir(gm):
-        if name.startswith("_tensor_constant") and not hasattr(root, name):
-            setattr(root, name, getattr(gm, name))
+    mine = set(targets)
+    for node in gm.graph.nodes:  # make_fx's own constants (_tensor_constant0, ...)
+        if node.op == "get_attr" and node.target not in mine and not hasattr(root, node.target):
+            setattr(root, node.target, _fetch_attr(gm, node.target))
     out = torch.fx.GraphModule(root, gm.graph, class_name=type(model).__name__ + "Graph")
     out.meta.update(gm.meta)
     out.meta["fxpurify_capture"]["state_as"] = "get_attr"

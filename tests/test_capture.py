@@ -125,6 +125,23 @@ def test_trace_metadata_shows_aliasing_in_every_mode(mode):
     assert len({id(v.fake_mode) for v in vals.values()}) == 1
 
 
+def test_trace_real_mode_data_dependent_shape_keeps_one_fake_mode():
+    def f(x):
+        y = x[x > 0]  # nonzero: the size depends on the data
+        y.mul_(2)
+        x.add_(1)
+        return y.sum()
+
+    gm = trace(f, torch.randn(5))
+    modes = {id(n.meta["val"].fake_mode) for n in gm.graph.nodes
+             if isinstance(n.meta.get("val"), torch.Tensor)}
+    assert len(modes) == 1
+    x = torch.randn(5)
+    xe = x.clone()
+    torch.testing.assert_close(gm(x), f(xe))
+    torch.testing.assert_close(x, xe)
+
+
 def test_trace_kwargs_and_nested_inputs_and_readable_names():
     def f(x, caches, *, scale):
         caches[1].add_(x)
