@@ -396,14 +396,14 @@ def _publish(graph_id: str, dynamo_gm: torch.fx.GraphModule, aten_gm: torch.fx.G
     log.debug("graph %s purified: %d ATen nodes -> %d nodes", graph_id,
               len(aten_gm.graph.nodes), len(pure_gm.graph.nodes))
     if opts.log_report:
-        log.info("fxpurify report for graph %s:\n%s", graph_id, report.table())
+        log.info("fxpurify report for graph %s: %s", graph_id, report)
     if opts.report_dir is not None:
         os.makedirs(opts.report_dir, exist_ok=True)
         base = os.path.join(opts.report_dir, graph_id)
         _write(base + ".dynamo.txt", dynamo_gm.print_readable(print_output=False))
         _write(base + ".before.txt", aten_gm.print_readable(print_output=False))
         _write(base + ".after.txt", pure_gm.print_readable(print_output=False))
-        _write(base + ".report.txt", report.table())
+        _write(base + ".report.txt", str(report))
         _write(base + ".report.json", json.dumps(report.to_dict(), indent=2, default=str))
         log.debug("graph %s: wrote %s.*", graph_id, base)
 
