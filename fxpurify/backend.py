@@ -159,33 +159,9 @@ def _bind(fn: Callable[..., Any], attrs: list[torch.Tensor]) -> Callable[..., An
 
 
 def _lower(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
-    try:
-        from .capture import lower_dynamo_graph
-    except ImportError:  # capture not landed yet in this checkout
-        lower_dynamo_graph = _lower_dynamo_graph_standin
+    from .capture import lower_dynamo_graph
+
     return lower_dynamo_graph(gm, list(example_inputs))
-
-
-def _lower_dynamo_graph_standin(gm: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
-    """Stand-in for ``fxpurify.capture.lower_dynamo_graph`` (used only if capture is missing).
-
-    Runs ``gm`` through an ``Interpreter`` under ``preserve_node_meta`` so every ATen node keeps
-    the user's ``stack_trace``; fakes come from Dynamo's fake mode so SymInts stay symbolic.
-    """
-    from torch._guards import detect_fake_mode
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.proxy_tensor import make_fx
-
-    fake_mode = detect_fake_mode(example_inputs) or FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode:
-        fakes = [fake_mode.from_tensor(x) if isinstance(x, torch.Tensor) else x
-                 for x in example_inputs]
-
-    def run(*args):
-        return torch.fx.Interpreter(gm).run(*args)
-
-    with fake_mode, torch.fx.traceback.preserve_node_meta():
-        return make_fx(run, pre_dispatch=True)(*fakes)
 
 
 def _purify(aten_gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
