@@ -179,8 +179,13 @@ def _verify(target: Target):
 
 
 def run_target(target: Target, *, do_verify: bool = True, print_graphs: bool = False,
-               out=None) -> int:
-    """Trace, purify, verify and print one target; return its exit status (0 or 1)."""
+               out=None, record: dict | None = None) -> int:
+    """Trace, purify, verify and print one target; return its exit status (0 or 1).
+
+    ``record``, when given, receives the same facts as data (for ``--json``).
+    """
+    record = {} if record is None else record
+    record.update(name=target.name, status="error")
     from tabulate import tabulate
 
     from .errors import FxPurifyError
@@ -196,12 +201,14 @@ def run_target(target: Target, *, do_verify: bool = True, print_graphs: bool = F
                 purified, cmp = _verify(target)
             except VerificationError as e:
                 p(f"VERIFICATION FAILED for {target.name}:\n{e}")
+                record.update(status="verification-failed", mismatches=e.mismatches)
                 return 1
         else:
             fn = copy.deepcopy(target.fn) if hasattr(target.fn, "state_dict") else target.fn
             purified, cmp = _purify_target(target, fn), None
     except FxPurifyError as e:
         p(f"PURIFY FAILED for {target.name}: {type(e).__name__}: {e}")
+        record.update(status="purify-failed", error=f"{type(e).__name__}: {e}")
         return 1
     before, after = graph_stats(purified.original_graph), graph_stats(purified.graph_module)
     p(tabulate([["original (make_fx)", *before.values()], ["purified", *after.values()]],
@@ -221,6 +228,9 @@ def run_target(target: Target, *, do_verify: bool = True, print_graphs: bool = F
         p(purified.graph_module.print_readable(print_output=False, additional_meta=["fxpurify"]))
     if cmp is not None:
         p(f"\nverified against eager: {cmp}")
+    record.update(status="verified" if cmp is not None else "purified", before=before, after=after,
+                  report=report.to_dict() if report is not None else None,
+                  comparison=str(cmp) if cmp is not None else None)
     p(f"({time.perf_counter() - t0:.2f} s)\n")
     return 0
 
@@ -246,10 +256,16 @@ def _cmd_run(args) -> int:
     except UsageError as e:
         print(f"fxpurify: error: {e}", file=sys.stderr)
         return 2
-    status = 0
+    status, records = 0, []
     for t in targets:
+        records.append({})
         status = max(status, run_target(t, do_verify=not args.no_verify,
-                                        print_graphs=args.print_graphs))
+                                        print_graphs=args.print_graphs, record=records[-1]))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"status": status, "targets": records}, f, indent=1, default=str)
     if len(targets) > 1:
         what = "purified" if args.no_verify else "verified against eager"
         print(f"{len(targets)} targets {what}" if status == 0 else "FAILED: see above")
@@ -284,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also print the original and the purified graph")
     run.add_argument("--no-verify", action="store_true", help="skip the comparison with eager")
     run.add_argument("--seed", type=int, default=0, help="seed for models and inputs (default 0)")
+    run.add_argument("--json", metavar="PATH",
+                     help="also write sizes, report and verification result per target as JSON")
     run.set_defaults(func=_cmd_run)
 
     lst = sub.add_parser("models", help="list the built-in models")

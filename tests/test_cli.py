@@ -178,3 +178,16 @@ def test_python_dash_m_entry_point():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "== adam" in r.stdout and "verified against eager" in r.stdout
+
+
+def test_json_output(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "out.json"
+    assert cli.main(["--model", "kv_block", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["status"] == 0
+    (t,) = data["targets"]
+    assert t["name"] == "kv_block" and t["status"] == "verified"
+    assert t["after"]["mutating"] == 0 and t["before"]["mutating"] > 0
+    assert t["report"]["counts"]["write-back"] == 3  # k_cache, v_cache, n_tokens

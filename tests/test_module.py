@@ -245,3 +245,19 @@ def test_purify_module_tracing_options_like_eager(options):
         torch.testing.assert_close(pm(x2), ref(x2))
         _assert_state_equal(m, ref)
         assert pm.graph_module is graph
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["cnn", "kv_block"])
+def test_purify_module_on_cuda_like_eager(name):
+    bm = models.build(name)
+    m, ex = bm
+    m = m.cuda()
+    ex = tuple(x.cuda() for x in ex)
+    ref = copy.deepcopy(m)
+    pm = purify_module(m, *ex)
+    check_pure(pm.graph_module)
+    for _ in range(2):
+        torch.testing.assert_close(pm(*ex), ref(*ex))
+        _assert_state_equal(m, ref)
+    assert all(t.is_cuda for t in m.buffers())
