@@ -142,7 +142,7 @@ def memory_of(node: torch.fx.Node) -> torch.fx.Node:
                 node = parent.args[0]
                 continue
             return node
-        if isinstance(target, torch._ops.OpOverload) and op_info(target).is_view:
+        if (isinstance(target, torch._ops.OpOverload) and op_info(target).is_view) or target is runtime.old_value:
             node = node.args[0]
             continue
         return node

@@ -67,6 +67,12 @@ MAYBE_ALIAS = {aten.reshape.default, aten.contiguous.default, aten.reshape_as.de
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}
+# Pure variants of random fills that have no autograd formula (eager's in-place op has one).
+NO_DERIVATIVE_FILLS = {aten.normal_functional.default, aten.bernoulli.p}
+# Ops whose results never require grad: in-place random fills on them need no gradient link.
+FACTORIES = {"empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full",
+             "full_like", "new_empty", "new_zeros", "new_ones", "new_full", "rand", "randn", "rand_like",
+             "randn_like", "scalar_tensor", "arange", "empty_permuted", "new_empty_strided"}
 # Higher-order ops that only switch a mode around their body: inlined.
 INLINED_HOPS = ("wrap_with_set_grad_enabled",)
 # Higher-order ops that are pure by construction.
@@ -77,7 +83,7 @@ class Root:
     """A piece of memory of the original program and its current contents in the new graph."""
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
-                 "visible_write", "no_grad_write")
+                 "visible_write", "no_grad_write", "needs_snapshot")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
@@ -88,6 +94,8 @@ class Root:
         self.mutated = False
         self.visible_write = False     # written by an op autograd sees (not only hidden BN writes)
         self.no_grad_write = False     # written while the graph had grad mode off
+        self.needs_snapshot = False    # an input the graph writes: reads of its old value go
+                                       # through runtime.old_value (see Functionalizer.base_of)
         self.aliased_inputs: tuple = ()  # other inputs traced as sharing this storage
 
 
@@ -243,11 +251,24 @@ class Functionalizer:
             self.report.add("view-inverse", step.source, f"{value.target}", "write through a view reaches its base")
         return value
 
+    def base_of(self, root: Root) -> torch.fx.Node:
+        """The root's current value. For an input the graph will write back, its *old* value is
+        read through ``runtime.old_value``, which clones it when autograd may save it for
+        backward (it requires grad and grad mode is on): the write-back would otherwise change
+        a saved tensor, and backward would fail the version check where eager (which saves
+        ``original_self`` for in-place ops) succeeds."""
+        if root.needs_snapshot:
+            from . import runtime
+            root.needs_snapshot = False
+            root.value = self.call(runtime.old_value, (root.value,), origin=root.orig, val=_val(root.value),
+                                   note=f"old value of {root.input_node.name} (cloned only if autograd needs it)")
+        return root.value
+
     def flush(self, root: Root):
         if root.pending_path is not None:
             path, value = root.pending_path, root.pending_value
             root.pending_path = root.pending_value = None
-            root.value = self.scatter(root.value, path, value)
+            root.value = self.scatter(self.base_of(root), path, value)
 
     def read(self, ref: Ref) -> torch.fx.Node:
         root = ref.root
@@ -258,7 +279,7 @@ class Functionalizer:
             if ref.path[:k] == root.pending_path:
                 return self.replay(root.pending_value, ref.path[k:])
             self.flush(root)
-        return self.replay(root.value, ref.path)
+        return self.replay(self.base_of(root), ref.path)
 
     def _early_write_back(self, root: Root):
         """An input written under ``no_grad`` and then read with grad on: in eager the read sees
@@ -349,6 +370,7 @@ class Functionalizer:
 
     # ------------------------------------------------------------------ the walk
     def run(self):
+        self.written_storages = _written_storages(self.gm)
         for node in self.gm.graph.nodes:
             handler = getattr(self, f"_on_{node.op}")
             handler(node)
@@ -380,6 +402,7 @@ class Functionalizer:
             return
         ref = self.new_root(new, node, input_node=new)
         key = _storage(val)
+        ref.root.needs_snapshot = node.op == "placeholder" and key in self.written_storages
         other = self.storage_roots.get(key)
         if other is not None:
             ref.root.aliased_inputs = (other.input_node,)
@@ -516,6 +539,8 @@ class Functionalizer:
                         kwargs[k] = getattr(like, k)
         new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
                         val=self._same_as_self(node, op, info, bound))
+        if variant.target in NO_DERIVATIVE_FILLS and self._may_require_grad(bound["self"]):
+            new = self._keep_grad_link(new, fbound["self"], node)
         nvals = info.fresh_returns + len(info.written)
         results = self._split_results(new, nvals, variant.auto, len(info.written))
         self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
@@ -542,7 +567,8 @@ class Functionalizer:
 
     def _same_as_self(self, node, op, info, bound):
         """The pure result's fake value without running the op, where it is certain: a plain
-        in-place op (``foo_``) whose tensor arguments all share ``self``'s dtype returns a tensor
+        in-place op (``foo_``) on a ``self`` that fills its storage densely, whose tensor
+        arguments share ``self``'s dtype and layout (or are 0-dim), returns a tensor laid out
         exactly like ``self`` after the op, which is the node's recorded value. (Only its storage
         differs; the pass decides aliasing structurally, never from new nodes' storages.)
         ``None`` means "run the op on fake tensors" (comparisons return bool, promotion, out=)."""
@@ -551,16 +577,32 @@ class Functionalizer:
         if op._schema.name.split("::")[-1].rstrip("_") in DTYPE_CHANGING:
             return None
         this = _val(node)
-        if not _is_tensor(this):
+        if not _is_tensor(this) or not views.owns_storage_densely(this):
             return None
         for value in bound.values():
             if isinstance(value, torch.fx.Node):
                 v = _val(value)
                 if not _is_tensor(v) or v.dtype != this.dtype:
                     return None
+                if v.dim() and not views.same_metadata(v, this, offset=False):
+                    return None
             elif isinstance(value, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in value):
                 return None
         return this
+
+    def _may_require_grad(self, arg) -> bool:
+        ref = self.env.get(arg)
+        orig = ref.root.orig if isinstance(ref, Ref) else None
+        return not (orig is not None and orig.op == "call_function" and isinstance(orig.target, OpOverload)
+                    and orig.target._schema.name.split("::")[-1] in FACTORIES)
+
+    def _keep_grad_link(self, new, old_self, node):
+        """``normal_``/``bernoulli_`` of a tensor that requires grad give a result that requires
+        grad with zero gradient; their pure variants have no derivative at all. ``where(True,
+        new, self)`` has exactly ``new``'s values and a zero gradient for ``self``."""
+        true = self.call(aten.scalar_tensor.default, (True,), {"dtype": torch.bool}, origin=node)
+        return self.call(aten.where.self, (true, new, old_self), origin=node, val=_val(new),
+                         note=f"keeps {node.target}'s (zero) gradient link to self")
 
     def _split_results(self, new, nvals, auto, nwritten):
         """The pure call's results as nodes: fresh returns, then one new value per written arg.
@@ -717,6 +759,27 @@ class _FreshList:
     """A pure op returning a list/tuple of fresh tensors; ``getitem`` makes each a root."""
 
     node: torch.fx.Node
+
+
+def _written_storages(gm) -> set:
+    """Storages (of fake values) that some node of ``gm`` writes: a quick scan before the walk,
+    so inputs that will be written back are known when they are first read."""
+    written = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or not isinstance(node.target, OpOverload):
+            continue
+        info = op_info(node.target)
+        hidden = HIDDEN_MUTATIONS.get(node.target)
+        names = info.written if info.written and not info.metadata_only else (hidden.written if hidden else ())
+        if not names:
+            continue
+        bound = bind_args(node.target, node.args, node.kwargs)
+        for name in names:
+            for arg in torch.fx.node.map_aggregate(bound.get(name), lambda a: a) if isinstance(bound.get(name), (list, tuple)) else [bound.get(name)]:
+                val = _val(arg)
+                if _is_tensor(val):
+                    written.add(_storage(val))
+    return written
 
 
 def _fetch_attr(gm, target: str):

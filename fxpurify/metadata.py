@@ -44,11 +44,26 @@ def needs_metadata(gm: torch.fx.GraphModule) -> bool:
 
 
 class _SnapshotProp(torch.fx.Interpreter):
+    """Runs the graph on fake tensors, recording a metadata snapshot of every value."""
+
+    def __init__(self, gm, mode):
+        super().__init__(gm)
+        self.mode = mode
+        self.constants: dict = {}
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+            # Real buffers and constants: one fake per tensor, so aliasing among them survives.
+            if id(value) not in self.constants:
+                self.constants[id(value)] = self.mode.from_tensor(value, static_shapes=True)
+            value = self.constants[id(value)]
+        return value
+
     def run_node(self, n):
         result = super().run_node(n)
         if n.op != "output":
-            n.meta["val"] = pytree.tree_map_only(torch.Tensor, lambda t: t.detach() if t.requires_grad else
-                                                 torch.ops.aten.alias.default(t), result)
+            n.meta["val"] = pytree.tree_map_only(torch.Tensor, torch.ops.aten.alias.default, result)
         return result
 
 
@@ -72,8 +87,10 @@ def with_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Optional[Sequen
     fake_inputs = [_to_mode(mode, x) for x in example_inputs]
     copy = torch.fx.GraphModule(gm, gm.graph.__deepcopy__())
     copy.meta.update(getattr(gm, "meta", {}))
-    with mode:
-        _SnapshotProp(copy).run(*fake_inputs)
+    # no_grad: only metadata is wanted, and autograd would reject in-place ops on fake leaves
+    # (an optimizer step's parameters) that eager ran under no_grad.
+    with mode, torch.no_grad():
+        _SnapshotProp(copy, mode).run(*fake_inputs)
     return copy
 
 

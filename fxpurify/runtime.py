@@ -61,3 +61,13 @@ def end_write_back(token: tuple) -> None:
 
 begin_write_back._fxpurify_side_effect = True
 end_write_back._fxpurify_side_effect = True
+
+
+def old_value(x: torch.Tensor) -> torch.Tensor:
+    """The value an input had on entry, for a graph that writes it back later.
+
+    Cloned only when autograd may save it for backward (it requires grad and grad mode is on);
+    otherwise the input itself, at no cost."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.clone()
+    return x

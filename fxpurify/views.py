@@ -98,15 +98,23 @@ def is_static(val) -> bool:
     return all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset()))
 
 
-def same_metadata(a, b) -> bool:
-    """Same dtype, sizes, strides and offset: a view replayed on ``a`` has the metadata the
+def same_metadata(a, b, offset: bool = True) -> bool:
+    """Same dtype, sizes, strides (and offset): a view replayed on ``a`` has the metadata the
     original view had on ``b``."""
     if a is b:
         return True
     if a is None or b is None or a.dtype != b.dtype or a.device != b.device:
         return False
     return (same_shape(a.shape, b.shape) and same_shape(a.stride(), b.stride())
-            and known_equal(a.storage_offset(), b.storage_offset()))
+            and (not offset or known_equal(a.storage_offset(), b.storage_offset())))
+
+
+def owns_storage_densely(val) -> bool:
+    """``val`` fills its whole storage without gaps or overlap, from offset 0: a fresh tensor
+    computed from it by a layout-preserving op has exactly its metadata."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+    return (known_equal(val.storage_offset(), 0) and is_non_overlapping_and_dense(val)
+            and known_equal(val.untyped_storage().nbytes(), val.numel() * val.element_size()))
 
 
 def layout_matches(current, original) -> bool:
