@@ -81,7 +81,7 @@ _PATCH_LOCK = threading.RLock()
 
 
 def _is_user_frame(filename: str) -> bool:
-    if filename.startswith("<"):  # <string>, <eval_with_key>: generated code, no source line
+    if filename.startswith(("<eval_with_key", "<frozen")):  # FX-generated code, importlib
         return False
     if filename.startswith(_TORCH_DIR) or filename in _FXPURIFY_MACHINERY:
         return False

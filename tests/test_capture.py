@@ -72,14 +72,24 @@ def test_trace_keeps_mutations_and_matches_eager():
     torch.testing.assert_close(gc, ec)
 
 
+def test_trace_stack_traces_for_code_without_a_file():
+    ns = {}
+    exec(compile("def g(x):\n    x.mul_(3)\n    return x\n", "<string>", "exec"), ns)
+    gm = trace(ns["g"], torch.randn(2))
+    node = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.mul_.Tensor)
+    assert 'File "<string>", line 2, in g' in node.meta["stack_trace"]
+
+
 def test_trace_does_not_mutate_caller_inputs_in_real_mode():
     x, cache = torch.zeros(3), torch.zeros(2, 3)
     trace(_prog, x, cache)
     assert torch.equal(x, torch.zeros(3)) and torch.equal(cache, torch.zeros(2, 3))
 
 
-def test_trace_stack_traces_point_at_user_lines_including_helpers():
-    gm = trace(_prog, torch.randn(3), torch.randn(2, 3))
+@pytest.mark.parametrize("options", [{}, {"pre_dispatch": True}, {"tracing_mode": "fake"},
+                                     {"tracing_mode": "symbolic"}])
+def test_trace_stack_traces_point_at_user_lines_including_helpers(options):
+    gm = trace(_prog, torch.randn(3), torch.randn(2, 3), **options)
     by_target = {n.target: n.meta.get("stack_trace", "") for n in gm.graph.nodes}
     add_trace = by_target[torch.ops.aten.add_.Tensor]
     assert f'File "{HERE}", line {_line_of(_prog, "x.add_(1)")}, in _prog' in add_trace
