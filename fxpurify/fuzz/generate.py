@@ -80,8 +80,21 @@ class Program:
                      "    from fxpurify.fuzz.runner import check_functions\n"
                      f"    print(check_functions(make_inputs, {PROGRAM_FN}, "
                      f"{PROGRAM_FN}_oop, filename=__file__, "
-                     f"with_example_inputs={self.seed % 2 == 0}))\n")
+                     + ", ".join(f"{k}={v}" for k, v in self.trace_options().items())
+                     + "))\n")
         return text
+
+    def trace_options(self) -> dict[str, bool]:
+        """How the runner captures and purifies this program, varied by seed so both entry
+        paths of ``purify`` and both ``make_fx`` flavours are covered.
+
+        ``pre_dispatch`` is forced for programs with a ``no_grad`` block: without it ``make_fx``
+        records no grad mode, so the graph itself no longer means what the program means (its
+        replay even raises on a leaf that requires grad), and no pass could be checked against
+        eager on it."""
+        has_no_grad = any(s.kind == "nograd" for s in self.stmts)
+        return {"with_example_inputs": self.seed % 2 == 0,
+                "pre_dispatch": has_no_grad or (self.seed // 2) % 2 == 1}
 
     def families(self) -> set[str]:
         return {s.family or s.kind for s in self.stmts}

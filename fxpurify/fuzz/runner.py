@@ -105,11 +105,12 @@ def _check(prog: Program, purify, check_pure, refusal_types) -> Outcome:
     except Exception as e:
         return Outcome("skipped", f"program does not compile: {_first_line(e)}")
     return _check_fns(ns["make_inputs"], ns[PROGRAM_FN], ns[PROGRAM_FN + "_oop"], purify,
-                      check_pure, refusal_types, prog.seed % 2 == 0)
+                      check_pure, refusal_types, **prog.trace_options())
 
 
 def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None = None, *,
                     filename: str | None = None, with_example_inputs: bool = True,
+                    pre_dispatch: bool = False,
                     purify: Callable | None = None,
                     check_pure: Callable | None = None,
                     refusal_types: tuple[type, ...] | None = None) -> Outcome:
@@ -123,20 +124,22 @@ def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _check_fns(make_inputs, fn, fn_oop or fn, purify, check_pure, refusal_types or (),
-                          with_example_inputs)
+                          with_example_inputs=with_example_inputs, pre_dispatch=pre_dispatch)
 
 
-def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types,
-               with_example_inputs: bool) -> Outcome:
+def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types, *,
+               with_example_inputs: bool, pre_dispatch: bool) -> Outcome:
     """``with_example_inputs``: the graph already carries ``meta["val"]``, so ``purify`` needs no
-    inputs; the fuzzer alternates (even seeds pass them) to cover both entry paths."""
+    inputs; passing them or not exercises both entry paths. ``pre_dispatch``: see
+    ``Program.trace_options``."""
     try:
         inputs = make_inputs()
         fn(*clone_inputs(inputs).inputs)
     except Exception as e:
         return Outcome("skipped", f"eager forward fails: {_first_line(e)}")
     try:
-        gm = make_fx(fn, record_stack_traces=True)(*clone_inputs(inputs).inputs)
+        gm = make_fx(fn, record_stack_traces=True, pre_dispatch=pre_dispatch)(
+            *clone_inputs(inputs).inputs)
     except Exception as e:
         return Outcome("skipped", f"make_fx fails: {_first_line(e)}")
     code_before = str(gm.graph)
@@ -181,7 +184,8 @@ def _compare(fn, fn_oop, gm, gm2, inputs, refusal_types, aliasing: bool = True) 
             pass
         return Outcome("WRONG", str(e))
     except refusal_types as e:
-        return Outcome("refused", "at call time: " + _first_line(e), refusal=_refusal_name(e))
+        return Outcome("refused", "at call time: " + _first_line(e),
+                       refusal="call-time " + _refusal_name(e))
     except Exception as e:
         return Outcome("crash", "purified graph raised: " + traceback.format_exc(limit=-3),
                        exc_type=type(e).__name__)
