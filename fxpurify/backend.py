@@ -174,6 +174,7 @@ def _purify(aten_gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tor
 
 def _compile_inner(pure_gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                    opts: BackendOptions) -> Callable[..., Any]:
+    log.debug("compiling the pure graph with inner=%s %s", opts.inner, opts.config_patches() or "")
     if opts.inner == "eager":
         # The pure graph is pre-dispatch ATen: running it records autograd over pure ops only.
         return pure_gm

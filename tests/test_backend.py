@@ -190,6 +190,25 @@ def test_output_aliasing_an_input_still_aliases_it():
     assert out.tolist() == [5.0, 5.0]
 
 
+@pytest.mark.parametrize("inner", INNERS)
+def test_inputs_aliased_at_call_time_are_refused_not_miscomputed(inner):
+    # Dynamo does not recompile when two inputs start sharing memory (views of one base), so
+    # the pure graph's call-time guard is what stands between the user and a wrong result.
+    from fxpurify.errors import AliasedInputsError
+
+    def f(a, b):
+        a.add_(1)
+        return b * 2
+
+    fn = compiled(f, inner)
+    a, b = torch.zeros(4), torch.zeros(4)
+    torch.testing.assert_close(fn(a, b), torch.zeros(4))
+    assert a.tolist() == [1.0] * 4
+    base = torch.zeros(8)
+    with pytest.raises(AliasedInputsError, match="share memory"):
+        fn(base[:4], base[:4])
+
+
 def test_no_grad_inference_updates_buffers():
     ref = Stateful().eval()
     model = copy.deepcopy(ref)
@@ -285,6 +304,31 @@ def test_strict_raises(monkeypatch):
         compiled(lambda t: t.add_(1), options={"strict": True})(torch.randn(3))
 
 
+def _overlapping_write(x):
+    y = x * 1
+    y.as_strided((2, 3), (0, 1)).fill_(1.0)  # several elements of the view share memory
+    return y + 1
+
+
+def test_real_refusal_falls_back_with_its_reason(monkeypatch):
+    monkeypatch.setattr(backend_mod, "_warned", set())
+    x = torch.zeros(6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(_overlapping_write)(x)
+    torch.testing.assert_close(out, _overlapping_write(x))
+    msgs = [str(w.message) for w in caught if "fxpurify backend" in str(w.message)]
+    assert len(msgs) == 1 and "UnsupportedError" in msgs[0] and "overlap" in msgs[0]
+    assert "internal error" not in msgs[0]  # a typed refusal, not a crash
+
+
+def test_real_refusal_strict_names_op_and_line():
+    with pytest.raises(BackendCompilerFailed, match="overlap") as info:
+        compiled(_overlapping_write, options={"strict": True})(torch.zeros(6))
+    assert "aten.fill_" in str(info.value)
+    assert f"{os.path.basename(__file__)}:" in str(info.value)
+
+
 def test_unknown_option_fails_the_compile():
     with pytest.raises(BackendCompilerFailed, match="unknown option"):
         torch.compile(lambda t: t + 1, backend="purify", options={"bogus": 1})(torch.randn(2))
@@ -312,9 +356,16 @@ def test_log_report_false_stays_quiet(caplog):
     assert not any("fxpurify report" in r.getMessage() for r in caplog.records)
 
 
-def test_mode_reaches_the_backend():
+def test_mode_reaches_the_backend(caplog):
     with pytest.raises(BackendCompilerFailed, match="unknown mode"):
         torch.compile(lambda t: t + 1, backend="purify", mode="fast")(torch.randn(2))
+    torch._dynamo.reset()
+    # an Inductor mode selects inner="inductor" (cudagraphs only matter on CUDA)
+    caplog.set_level(logging.DEBUG, logger="fxpurify.backend")
+    x = torch.randn(8, requires_grad=True)
+    out = torch.compile(sigmoid_mul_, backend="purify", mode="reduce-overhead")(x)
+    torch.testing.assert_close(out, x.sigmoid() * 2)
+    assert any("inner=inductor" in r.getMessage() for r in caplog.records)
 
 
 # -------------------------------------------------------------------------------------------
