@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -315,10 +316,10 @@ def _build_llama_decode(seed: int = 0) -> BuiltinModel:
 MODELS: dict[str, Callable[..., BuiltinModel]] = {
     "kv_block": _build_kv_block,
     "cnn": _build_cnn,
-    "adam": lambda seed=0: _build_optimizer("adam", False, seed=seed),
-    "adam_foreach": lambda seed=0: _build_optimizer("adam", True, seed=seed),
-    "adamw": lambda seed=0: _build_optimizer("adamw", False, seed=seed),
-    "adamw_foreach": lambda seed=0: _build_optimizer("adamw", True, seed=seed),
+    "adam": functools.partial(_build_optimizer, "adam", False),
+    "adam_foreach": functools.partial(_build_optimizer, "adam", True),
+    "adamw": functools.partial(_build_optimizer, "adamw", False),
+    "adamw_foreach": functools.partial(_build_optimizer, "adamw", True),
 }
 if has_transformers():
     MODELS["gpt2"] = _build_gpt2
@@ -328,10 +329,11 @@ if has_transformers():
 DEFAULT_MODELS: tuple[str, ...] = ("kv_block", "cnn")
 
 
-def build(name: str, seed: int = 0) -> BuiltinModel:
-    """The built-in model ``name`` (see :data:`MODELS`)."""
+def build(name: str, seed: int = 0, **options) -> BuiltinModel:
+    """The built-in model ``name`` (see :data:`MODELS`); ``options`` go to its builder
+    (``n_params=`` for the optimizer steps)."""
     try:
         builder = MODELS[name]
     except KeyError:
         raise KeyError(f"unknown built-in model {name!r}; available: {', '.join(MODELS)}") from None
-    return builder(seed=seed)
+    return builder(seed=seed, **options)

@@ -261,3 +261,29 @@ def test_purify_module_on_cuda_like_eager(name):
         torch.testing.assert_close(pm(*ex), ref(*ex))
         _assert_state_equal(m, ref)
     assert all(t.is_cuda for t in m.buffers())
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_builtin_models_are_deterministic(name):
+    a, b = models.build(name, seed=1), models.build(name, seed=1)
+    if isinstance(a.fn, nn.Module):
+        _assert_state_equal(a.fn, b.fn)
+    for x, y in zip(torch.utils._pytree.tree_leaves(a.example_inputs),
+                    torch.utils._pytree.tree_leaves(b.example_inputs)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_builtin_model_purifies_and_verifies(name):
+    from fxpurify.cli import Target, _verify
+
+    bm = models.build(name)
+    purified, cmp = _verify(Target(name, bm.fn, bm.example_inputs, bm.trace_kwargs))
+    check_pure(purified.graph_module)
+    assert cmp.outputs >= 1 and cmp.inputs_state >= 1
+
+
+def test_build_unknown_model_names_the_available_ones():
+    with pytest.raises(KeyError, match="available: .*cnn"):
+        models.build("nope")
+    assert len(models.build("adam", n_params=6).example_inputs[0]) == 6
