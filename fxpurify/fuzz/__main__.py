@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch.set_num_threads (default 1, so rates are comparable)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--show", type=int, default=20,
+                    help="print at most this many reduced reproducers (default 20)")
     args = ap.parse_args(argv)
 
     from . import run
@@ -44,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     stats = run(args.seed, args.count, time_budget=args.time_budget, reduce=not args.no_reduce,
                 save_failures=args.save_failures, max_stmts=args.max_stmts, progress=progress)
     print(stats.summary())
-    for f in stats.failures:
+    shown = [f for f in stats.failures if f.reduced or args.no_reduce]
+    for f in shown[:args.show]:
         print(f"\n===== program {f.seed}: {f.outcome.kind} =====")
         print(f.reproducer())
+    if len(stats.failures) > len(shown[:args.show]):
+        print(f"\n({len(stats.failures) - len(shown[:args.show])} more failing programs: "
+              f"seeds {', '.join(str(f.seed) for f in stats.failures if f not in shown[:args.show])})")
     if stats.failed:
         print(f"\nFAILED: {stats.failed} program(s) with a wrong result, crash or impure graph")
         return 1
