@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "BuiltinModel", "TinyTransformerBlock", "TinyCNN", "MODELS", "DEFAULT_MODELS", "build",

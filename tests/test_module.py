@@ -287,3 +287,28 @@ def test_build_unknown_model_names_the_available_ones():
     with pytest.raises(KeyError, match="available: .*cnn"):
         models.build("nope")
     assert len(models.build("adam", n_params=6).example_inputs[0]) == 6
+
+
+def test_module_that_mutates_its_inputs_and_takes_kwargs():
+    class Acc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x, caches, *, scale):
+            caches[0].add_(self.lin(x).detach())
+            x.mul_(scale)
+            return {"y": x.sum(-1), "c": caches[1]}
+
+    torch.manual_seed(0)
+    m = Acc()
+    x, caches, scale = torch.randn(2, 3), [torch.zeros(2, 3), torch.ones(2)], torch.tensor(2.0)
+    pm = purify_module(m, x, caches, scale=scale)
+    check_pure(pm.graph_module)
+    xe, ce = x.clone(), [c.clone() for c in caches]
+    out, ref = pm(x, caches, scale=scale), m(xe, ce, scale=scale)
+    assert set(out) == {"y", "c"}
+    torch.testing.assert_close(out["y"], ref["y"])
+    torch.testing.assert_close(x, xe)
+    torch.testing.assert_close(caches[0], ce[0])
+    assert out["c"] is caches[1]  # an output that was an input is that input
