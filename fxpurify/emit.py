@@ -75,12 +75,20 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
                             note="clone: new value reads an input that is written back")
         finals[root] = value
     pending = [(root, value) for root, value in finals.items() if value is not root.input_node]
-    placeholders = [root.input_node for root, _ in pending if root.input_node.op == "placeholder"]
+    # Inputs the graph wrote only under its own no_grad regions go last, under no_grad; for the
+    # others the grad mode is decided at run time by begin_write_back.
+    pending.sort(key=lambda item: item[0].write_modes == {False})
+    placeholders = [root.input_node for root, _ in pending
+                    if root.input_node.op == "placeholder" and root.write_modes != {False}]
     hidden = [root.input_node for root, _ in pending if not root.visible_write]
     token = fz.call(runtime.begin_write_back, (tuple(placeholders), tuple(hidden)), val=True) \
-        if placeholders or hidden else None
+        if pending else None
+    no_grad_started = False
     for root, value in pending:
         ph = root.input_node
+        if root.write_modes == {False} and not no_grad_started:
+            fz.call(torch._C._set_grad_enabled, (False,), val=True)
+            no_grad_started = True
         fz.call(aten.copy_.default, (ph, value), origin=root.orig, val=_val(ph),
                 note=f"write-back of mutated input {ph.name}")
         fz.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",

@@ -83,7 +83,7 @@ class Root:
     """A piece of memory of the original program and its current contents in the new graph."""
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
-                 "visible_write", "no_grad_write", "needs_snapshot")
+                 "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
@@ -94,6 +94,8 @@ class Root:
         self.mutated = False
         self.visible_write = False     # written by an op autograd sees (not only hidden BN writes)
         self.no_grad_write = False     # written while the graph had grad mode off
+        self.write_modes: set = set()  # grad modes (True/False/None = caller's) of its writes
+        self.autograd_base = None      # value whose autograd history a no_grad write keeps
         self.needs_snapshot = False    # an input the graph writes: reads of its old value go
                                        # through runtime.old_value (see Functionalizer.base_of)
         self.aliased_inputs: tuple = ()  # other inputs traced as sharing this storage
@@ -164,6 +166,7 @@ class Functionalizer:
         self.placeholders: list[torch.fx.Node] = []
         self.input_refs: dict[Root, Ref] = {}
         self.grad_enabled: Optional[bool] = None   # as set by the graph's own grad-mode nodes
+        self.true_node = None
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
@@ -272,8 +275,11 @@ class Functionalizer:
 
     def read(self, ref: Ref) -> torch.fx.Node:
         root = ref.root
-        if root.no_grad_write and self.grad_enabled is not False:
-            self._early_write_back(root)
+        if self.grad_enabled is not False:
+            if root.no_grad_write:
+                self._early_write_back(root)
+            elif root.autograd_base is not None:
+                self._restore_history(root)
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -298,6 +304,17 @@ class Functionalizer:
                         "written under no_grad, read with grad on: later reads read the input itself")
         root.value, root.mutated = ph, False
 
+    def _restore_history(self, root: Root):
+        """A tensor that requires grad, written under ``no_grad`` and read after with grad on:
+        eager's in-place write left its autograd history untouched, so gradients of later uses
+        flow to what it was before. The new value gets that history back
+        (``runtime.keep_autograd_history``: new values, the old value's gradient path)."""
+        from . import runtime
+        self.flush(root)
+        root.value = self.call(runtime.keep_autograd_history, (root.value, root.autograd_base), origin=root.orig,
+                               val=_val(root.value), note="written under no_grad: keeps the old autograd history")
+        root.autograd_base = None
+
     def write(self, ref: Ref, value: torch.fx.Node, origin: torch.fx.Node, hidden: bool = False):
         root = ref.root
         if root.aliased_inputs:
@@ -317,8 +334,14 @@ class Functionalizer:
         value = self._match_dtype(value, ref.val, origin)
         root.mutated = True
         root.visible_write |= not hidden
-        if self.grad_enabled is False and root.input_node is not None and root.input_node.op == "placeholder":
-            root.no_grad_write = True
+        grad_mode = False if any(step.op is aten.detach.default for step in ref.path) else self.grad_enabled
+        root.write_modes.add(grad_mode)
+        if grad_mode is False:
+            if root.input_node is not None:
+                root.no_grad_write = root.input_node.op == "placeholder"
+            elif root.autograd_base is None and self._may_require_grad_root(root):
+                self.flush(root)
+                root.autograd_base = self.base_of(root)
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -527,7 +550,12 @@ class Functionalizer:
         written = [w for w in info.written if bound.get(w) is not None]
         if info.is_out:
             out_vals = [_val(bound[w]) for w in written]
-        fbound = {name: self.read_arg(bound[name]) for name in variant.arg_names}
+        fbound = {name: self.read_arg(bound[src]) for name, src in zip(variant.arg_names, variant.sources)}
+        self_name = variant.arg_names[0] if variant.arg_names else None
+        grad_link = variant.target in NO_DERIVATIVE_FILLS and self._may_require_grad(bound["self"])
+        if grad_link:   # the fill's values do not depend on self: give it a detached self
+            old_self = fbound[self_name]
+            fbound[self_name] = self.call(aten.detach.default, (old_self,), origin=node, val=_val(old_self))
         if variant.auto:
             args, kwargs = (op,), fbound
         else:
@@ -539,8 +567,8 @@ class Functionalizer:
                         kwargs[k] = getattr(like, k)
         new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
                         val=self._same_as_self(node, op, info, bound))
-        if variant.target in NO_DERIVATIVE_FILLS and self._may_require_grad(bound["self"]):
-            new = self._keep_grad_link(new, fbound["self"], node)
+        if grad_link:
+            new = self._keep_grad_link(new, old_self, node)
         nvals = info.fresh_returns + len(info.written)
         results = self._split_results(new, nvals, variant.auto, len(info.written))
         self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
@@ -592,16 +620,26 @@ class Functionalizer:
 
     def _may_require_grad(self, arg) -> bool:
         ref = self.env.get(arg)
-        orig = ref.root.orig if isinstance(ref, Ref) else None
+        return self._may_require_grad_root(ref.root) if isinstance(ref, Ref) else True
+
+    def _may_require_grad_root(self, root) -> bool:
+        orig = root.orig
+        if orig is not None and orig.op == "get_attr":
+            attr = _fetch_attr(self.gm, orig.target)
+            return not isinstance(attr, torch.Tensor) or attr.requires_grad
         return not (orig is not None and orig.op == "call_function" and isinstance(orig.target, OpOverload)
                     and orig.target._schema.name.split("::")[-1] in FACTORIES)
+
+    def _true(self, node):
+        if self.true_node is None:
+            self.true_node = self.call(aten.scalar_tensor.default, (True,), {"dtype": torch.bool}, origin=node)
+        return self.true_node
 
     def _keep_grad_link(self, new, old_self, node):
         """``normal_``/``bernoulli_`` of a tensor that requires grad give a result that requires
         grad with zero gradient; their pure variants have no derivative at all. ``where(True,
         new, self)`` has exactly ``new``'s values and a zero gradient for ``self``."""
-        true = self.call(aten.scalar_tensor.default, (True,), {"dtype": torch.bool}, origin=node)
-        return self.call(aten.where.self, (true, new, old_self), origin=node, val=_val(new),
+        return self.call(aten.where.self, (self._true(node), new, old_self), origin=node, val=_val(new),
                          note=f"keeps {node.target}'s (zero) gradient link to self")
 
     def _split_results(self, new, nvals, auto, nwritten):
@@ -676,7 +714,13 @@ class Functionalizer:
         if have.dtype != want.dtype or have.device != want.device:
             value = self.call(aten._to_copy.default, (value,), {"dtype": want.dtype, "device": want.device},
                               origin=node, note="was copy_ (dtype/device conversion)")
-        if not views.same_shape(have.shape, want.shape):
+        if self._may_require_grad_root(dst.root):
+            # dst may require grad: after copy_ it still does (gradient zero w.r.t. its old
+            # value), however src was made. where(True, src, old) is exactly that, and
+            # broadcasts src as copy_ does.
+            value = self.call(aten.where.self, (self._true(node), value, self.read(dst)), origin=node,
+                              note="was copy_ (keeps dst's autograd link)")
+        elif not views.same_shape(have.shape, want.shape):
             value = self.call(aten.expand.default, (value, views.sizes_of(self, self.read(dst))), origin=node,
                               note="was copy_ (broadcast)")
         self.report.add("copy-forwarded", node, str(value.target) if value.op == "call_function" else value.name,

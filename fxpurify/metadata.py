@@ -60,6 +60,11 @@ class _SnapshotProp(torch.fx.Interpreter):
             value = self.constants[id(value)]
         return value
 
+    def call_function(self, target, args, kwargs):
+        if target is torch._C._set_grad_enabled:
+            return None   # stay under no_grad: only metadata is computed here
+        return super().call_function(target, args, kwargs)
+
     def run_node(self, n):
         result = super().run_node(n)
         if n.op != "output":

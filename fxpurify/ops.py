@@ -179,7 +179,8 @@ class FunctionalVariant:
     """
 
     target: Any
-    arg_names: tuple[str, ...]
+    arg_names: tuple[str, ...]              # the pure op's arguments that take the op's values ...
+    sources: tuple[str, ...]                # ... of these arguments of the mutating op
     extra_from_out: tuple[str, ...] = ()   # factory keywords taken from the out tensor's metadata
     auto: bool = False                      # target is auto_functionalized(op, **kwargs)
     op: Any = None
@@ -215,22 +216,26 @@ def functional_variant(op: OpOverload) -> Optional[FunctionalVariant]:
             cschema = cand._schema
             if cschema.is_mutable or any(r.alias_info is not None for r in cschema.returns):
                 continue
-            have = {a.name: a for a in cschema.arguments}
+            # The first argument may be named differently (dropout_(self) vs dropout(input)).
+            first = cschema.arguments[0].name if cschema.arguments else None
+            rename = {first: inputs[0].name} if inputs and first not in want and inputs[0].name not in \
+                {a.name for a in cschema.arguments} else {}
+            have = {rename.get(a.name, a.name): a for a in cschema.arguments}
             if any(n not in have or _type_key(have[n]) != t for n, t in want.items()):
                 continue
-            extra = [a for a in cschema.arguments if a.name not in want]
+            extra = [a for a in cschema.arguments if rename.get(a.name, a.name) not in want]
             if any(not a.has_default_value() and a.name not in _FACTORY_KWARGS for a in extra):
                 continue
             if len(cschema.returns) != expected_returns:
                 continue
             from_out = tuple(a.name for a in extra if a.name in _FACTORY_KWARGS) if info.is_out else ()
-            return FunctionalVariant(cand, tuple(a.name for a in cschema.arguments if a.name in want),
-                                     from_out, op=op)
+            taken = [a.name for a in cschema.arguments if rename.get(a.name, a.name) in want]
+            return FunctionalVariant(cand, tuple(taken), tuple(rename.get(n, n) for n in taken), from_out, op=op)
     if ns != "aten":
         from torch._higher_order_ops.auto_functionalize import auto_functionalized, can_auto_functionalize
         if can_auto_functionalize(op):
-            return FunctionalVariant(auto_functionalized, tuple(a.name for a in schema.arguments),
-                                     auto=True, op=op)
+            names = tuple(a.name for a in schema.arguments)
+            return FunctionalVariant(auto_functionalized, names, names, auto=True, op=op)
     return None
 
 

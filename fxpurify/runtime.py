@@ -71,3 +71,21 @@ def old_value(x: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return x.clone()
     return x
+
+
+class _KeepHistory(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, new, old):
+        return new.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
+def keep_autograd_history(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new``'s values with ``old``'s autograd history: what a tensor that requires grad holds
+    after an in-place write under ``no_grad`` (eager leaves its ``grad_fn`` as it was)."""
+    if torch.is_grad_enabled() and old.requires_grad:
+        return _KeepHistory.apply(new, old)
+    return new

@@ -257,10 +257,40 @@ def _as_strided_fallback(e, step, base, value):
         raise UnsupportedError(f"cannot write through {step.op} with symbolic sizes or strides", step.source,
                                pattern="symbolic-as-strided-write",
                                hint="trace with static shapes, or write with slicing/index ops")
+    if not base.meta["val"].is_contiguous():
+        # as_strided_scatter's gradient reads storage coordinates off the incoming gradient,
+        # which is laid out contiguously: exact only for a contiguous base.
+        raise UnsupportedError(f"cannot write through {step.op} into a non-contiguous tensor", step.source,
+                               pattern="stride-sensitive-write",
+                               hint="make the tensor contiguous before taking this view, or write "
+                                    "with slicing/index ops")
     return e.call(aten.as_strided_scatter.default, (base, value, size, stride, offset), origin=step.source)
 
 
+def _unfold(e, step, base, value):
+    """``unfold(d, size, step)`` with windows that do not overlap (gaps allowed): scatter the
+    windows back with ``index_put`` at indices ``start_i + j`` along ``d``. Exact and
+    layout-independent, unlike storage coordinates (pytorch/pytorch#198102 zero-fills gaps)."""
+    b = step.bound(base)
+    base_val = base.meta["val"]
+    if base_val.dim() == 0:
+        return _as_strided_fallback(e, step, base, value)
+    d, size, stride = b["dimension"] % base_val.dim(), b["size"], b["step"]
+    n = sizes_of(e, value)[d]
+    device = base_val.device
+    starts = e.call(aten.mul.Tensor, (e.call(aten.arange.default, (n,), {"dtype": torch.long, "device": device}),
+                                      stride))
+    offsets = e.call(aten.arange.default, (size,), {"dtype": torch.long, "device": device})
+    index = e.call(aten.add.Tensor, (e.call(aten.unsqueeze.default, (starts, 1)),
+                                     e.call(aten.unsqueeze.default, (offsets, 0))))
+    moved_base = e.call(aten.movedim.int, (base, d, 0))
+    moved_value = e.call(aten.movedim.intlist, (value, [d, base_val.dim()], [0, 1]))
+    updated = e.call(aten.index_put.default, (moved_base, [index], moved_value), origin=step.source)
+    return e.call(aten.movedim.int, (updated, 0, d), origin=step.source)
+
+
 INVERSES = {
+    aten.unfold.default: _unfold,
     aten.slice.Tensor: _slice,
     aten.narrow.default: _narrow,
     aten.select.int: _select,
