@@ -255,40 +255,24 @@ def _fallback(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], opts: Bac
 # --------------------------------------------------------------------------------------------
 # input mutations (input_mutations="error")
 
-# Ops whose schema hides a write (pytorch/pytorch#73050): (position of the `training` flag,
-# positions of the tensors written when it is True). Train-mode batch norm updates its running
-# statistics without an `(a!)` annotation.
-_HIDDEN_WRITES = {
-    "aten::batch_norm": (5, (3, 4)),
-    "aten::native_batch_norm": (5, (3, 4)),
-    "aten::instance_norm": (5, (3, 4)),
-    "aten::cudnn_batch_norm": (5, (3, 4)),
-    "aten::miopen_batch_norm": (5, (3, 4)),
-}
+def _written_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The arguments ``node`` writes to: from its schema's alias annotations, plus the hidden
+    writers of ``fxpurify.ops.HIDDEN_MUTATIONS`` (train-mode batch norm's running statistics,
+    pytorch/pytorch#73050) when their switch argument is on."""
+    from . import ops
 
-
-def _written_args(node: torch.fx.Node) -> list[Any]:
-    """The arguments ``node`` writes to, from its schema's alias annotations plus the table of
-    hidden writers."""
     target = node.target
     if not isinstance(target, torch._ops.OpOverload):
         return []
-    schema = target._schema
-    written = []
-    for i, arg in enumerate(schema.arguments):
-        if arg.alias_info is not None and arg.alias_info.is_write:
-            if i < len(node.args):
-                written.append(node.args[i])
-            elif arg.name in node.kwargs:
-                written.append(node.kwargs[arg.name])
-    hidden = _HIDDEN_WRITES.get(schema.name)
-    if hidden is not None:
-        flag, positions = hidden
-        if len(node.args) > flag and node.args[flag] is True:
-            written.extend(node.args[p] for p in positions if p < len(node.args))
+    bound = ops.bind_args(target, node.args, node.kwargs)
+    names = list(ops.op_info(target).written)
+    hidden = ops.HIDDEN_MUTATIONS.get(target)
+    if hidden is not None and bound.get(hidden.when) is True:
+        names += hidden.written
     flat = []
-    for w in written:
-        flat.extend(w if isinstance(w, (list, tuple)) else [w])
+    for name in names:
+        value = bound.get(name)
+        flat.extend(value if isinstance(value, (list, tuple)) else [value])
     return [w for w in flat if isinstance(w, torch.fx.Node)]
 
 
@@ -328,8 +312,21 @@ def mutated_inputs(aten_gm: torch.fx.GraphModule,
         for arg in _written_args(node):
             name = by_storage.get(_storage(arg)) if _storage(arg) is not None else None
             if name is not None:
-                found.append((name, str(node.target), source_line(node)))
+                found.append((name, str(node.target), _where(node)))
     return found
+
+
+def _where(node: torch.fx.Node) -> str:
+    """The user's ``file:line``; Dynamo records none for code inside ``torch.nn`` modules, so
+    fall back to the innermost module (``L['model'].bn1 (BatchNorm2d)``)."""
+    line = source_line(node)
+    if not line.startswith("<unknown"):
+        return line
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        return f"module {path} ({getattr(cls, '__name__', cls)})"
+    return "<unknown source line>"
 
 
 def _source_name(node: torch.fx.Node) -> str:

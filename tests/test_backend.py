@@ -262,6 +262,21 @@ def test_input_mutations_error_lists_each_input_with_its_source_line():
     assert f"{os.path.basename(__file__)}:" in msg  # the user's file:line
 
 
+def test_input_mutations_error_sees_hidden_batch_norm_writes():
+    # train-mode batch_norm writes running stats without (a!) in its schema (pytorch#73050)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.ReLU(inplace=True))
+    with pytest.raises(BackendCompilerFailed) as info:
+        compiled(model, options={"input_mutations": "error"})(torch.randn(3, 4))
+    msg = str(info.value)
+    for buf in ("running_mean", "running_var", "num_batches_tracked"):
+        assert f"_buffers['{buf}']" in msg
+    assert "BatchNorm1d" in msg  # where: Dynamo records no line inside torch.nn, so the module
+    torch._dynamo.reset()
+    model.eval()  # eval mode writes nothing: accepted
+    out = compiled(model, options={"input_mutations": "error"})(torch.randn(3, 4))
+    assert out.shape == (3, 4)
+
+
 def test_input_mutations_error_accepts_side_effect_free_graphs():
     def f(x):
         y = x * 2
