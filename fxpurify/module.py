@@ -11,8 +11,9 @@ state land where it belongs:
 * parameters enter as graph inputs, so eager autograd through the pure graph accumulates
   ``.grad`` on the model's own ``nn.Parameter`` objects, and an optimizer built on
   ``model.parameters()`` (or on the ``PurifiedModule``'s, the same objects) just works;
-* tensors are looked up by name on each call, so ``model.to(...)`` or reassigning a buffer is
-  seen by the next call.
+* tensors are looked up by name on each call, so a reassigned buffer is seen by the next call;
+  when the state's devices, dtypes or shapes change (``model.to(...)``, ``.double()``), the
+  graph is traced again, since its constants and dtypes were specialised to the old state.
 
 A graph is specialised to what tracing saw: the training mode (``model.train()`` /
 ``.eval()`` select different graphs — the other one is traced on first use, from that call's
@@ -50,6 +51,7 @@ class _Compiled:
     in_spec: Any                 # pytree spec of (args, kwargs) at trace time
     kwarg_names: tuple           # keyword names, in trace order
     constants: dict              # leaf index -> baked-in non-tensor value
+    state_meta: tuple = ()       # (device, dtype, shape) of each state tensor at trace time
 
 
 def _default_purify(gm: torch.fx.GraphModule, example_inputs) -> torch.fx.GraphModule:
@@ -91,7 +93,7 @@ class PurifiedModule(torch.nn.Module):
         pure = self._purify_fn(cap.graph_module, [*state, *user])
         leaves, spec = pytree.tree_flatten((args, kwargs))
         constants = {i: v for i, v in enumerate(leaves) if not _is_dynamic_leaf(v)}
-        compiled = _Compiled(cap, pure, spec, tuple(kwargs), constants)
+        compiled = _Compiled(cap, pure, spec, tuple(kwargs), constants, _state_meta(state))
         self._compiled[mode] = compiled
         log.info("purified %s (training=%s): %d → %d nodes", type(self.model).__name__, mode,
                  len(cap.graph_module.graph.nodes), len(pure.graph.nodes))
@@ -153,8 +155,15 @@ class PurifiedModule(torch.nn.Module):
         compiled = self._compiled.get(self.model.training)
         if compiled is None:
             compiled = self._compile(args, kwargs)
+        state = self._state(compiled.capture)
+        if _state_meta(state) != compiled.state_meta:
+            # model.to(device/dtype) or a reassigned buffer: the graph (its constants, dtypes)
+            # was specialised to the old state; trace again rather than compute something else.
+            log.info("state of %s changed device/dtype/shape: tracing again", type(self.model).__name__)
+            compiled = self._compile(args, kwargs)
+            state = self._state(compiled.capture)
         user = self._flat_user_inputs(compiled, args, kwargs)
-        out = compiled.pure(*self._state(compiled.capture), *user)
+        out = compiled.pure(*state, *user)
         spec = compiled.capture.out_spec
         if spec is None:
             return out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
@@ -163,6 +172,10 @@ class PurifiedModule(torch.nn.Module):
     def extra_repr(self) -> str:
         modes = ", ".join(("train" if m else "eval") for m in self._compiled)
         return f"graphs traced for: {modes}"
+
+
+def _state_meta(state) -> tuple:
+    return tuple((t.device, t.dtype, tuple(t.shape)) for t in state)
 
 
 def _same_constant(a: Any, b: Any) -> bool:

@@ -312,3 +312,19 @@ def test_module_that_mutates_its_inputs_and_takes_kwargs():
     torch.testing.assert_close(x, xe)
     torch.testing.assert_close(caches[0], ce[0])
     assert out["c"] is caches[1]  # an output that was an input is that input
+
+
+def test_dtype_change_of_the_model_retraces():
+    torch.manual_seed(0)
+    m = _BN().train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(5, 4)
+    pm = purify_module(m, x)
+    first = pm.graph_module
+    m.double(), ref.double()
+    xd = x.double()
+    with torch.no_grad():
+        out = pm(xd)
+        torch.testing.assert_close(out, ref(xd))
+    assert out.dtype == torch.float64 and pm.graph_module is not first
+    _assert_state_equal(m, ref)
