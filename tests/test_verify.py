@@ -321,3 +321,19 @@ def test_module_factory_that_runs_the_model_does_not_skew_buffers():
         m(torch.randn(8, 4))  # e.g. tracing with real inputs updates running stats
         return m
     compare_module_with_eager(model, make, [torch.randn(8, 4)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inputs_keep_device_aliasing_and_rng():
+    base = torch.randn(4, 4, device="cuda")
+    a, b = base[0], base[:, 0]
+    c = clone_inputs([a, b]).inputs
+    assert all(t.device.type == "cuda" for t in c)
+    assert c[0].untyped_storage().data_ptr() == c[1].untyped_storage().data_ptr()
+
+    def f(x, y):
+        x.add_(torch.rand_like(x))
+        return y * 2
+    compare_with_eager(f, f, [a, b], rtol=0, atol=0)
+    with pytest.raises(VerificationError):
+        compare_with_eager(f, lambda x, y: f(x.clone(), y), [a, b])
