@@ -256,6 +256,11 @@ def _cmd_run(args) -> int:
     except UsageError as e:
         print(f"fxpurify: error: {e}", file=sys.stderr)
         return 2
+    for t in targets:  # command-line trace options win over the target's own
+        if args.tracing_mode:
+            t.trace_kwargs["tracing_mode"] = args.tracing_mode
+        if args.pre_dispatch:
+            t.trace_kwargs["pre_dispatch"] = True
     status, records = 0, []
     for t in targets:
         records.append({})
@@ -299,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-graphs", action="store_true",
                      help="also print the original and the purified graph")
     run.add_argument("--no-verify", action="store_true", help="skip the comparison with eager")
+    run.add_argument("--tracing-mode", choices=("real", "fake", "symbolic"),
+                     help="override the trace mode (Hugging Face models need fake)")
+    run.add_argument("--pre-dispatch", action="store_true",
+                     help="trace with pre_dispatch=True (keeps no_grad regions in the graph)")
     run.add_argument("--seed", type=int, default=0, help="seed for models and inputs (default 0)")
     run.add_argument("--json", metavar="PATH",
                      help="also write sizes, report and verification result per target as JSON")

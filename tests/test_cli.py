@@ -191,3 +191,23 @@ def test_json_output(tmp_path, capsys):
     assert t["name"] == "kv_block" and t["status"] == "verified"
     assert t["after"]["mutating"] == 0 and t["before"]["mutating"] > 0
     assert t["report"]["counts"]["write-back"] == 3  # k_cache, v_cache, n_tokens
+
+
+def test_trace_option_flags_override(tmp_path, capsys):
+    import json
+
+    path = _user_file(tmp_path, """
+        import torch
+        def f(x):
+            y = x * 2
+            y.add_(x.shape[0])
+            return y
+        def build():
+            return f, (torch.randn(4),)
+    """)
+    out = tmp_path / "o.json"
+    assert cli.main([f"{path}:build", "--tracing-mode", "symbolic", "--pre-dispatch",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["targets"][0]["status"] == "verified"
+    with pytest.raises(SystemExit):
+        cli.main([f"{path}:build", "--tracing-mode", "bogus"])
