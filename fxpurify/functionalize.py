@@ -61,12 +61,12 @@ from .report import Report
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
-# Views that alias only sometimes (``reshape`` of a non-viewable tensor copies): the fake
-# values' storages decide.
-MAYBE_ALIAS = {aten.reshape.default, aten.contiguous.default, aten.reshape_as.default, aten.view_as.default}
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}
+# Pure random fills whose result is contiguous whatever ``self``'s layout (their in-place
+# counterparts fill ``self`` in its memory order).
+CONTIGUOUS_RANDOM = {aten.bernoulli.p}
 # Pure variants of random fills that have no autograd formula (eager's in-place op has one).
 NO_DERIVATIVE_FILLS = {aten.normal_functional.default, aten.bernoulli.p}
 # Ops whose results never require grad: in-place random fills on them need no gradient link.
@@ -190,7 +190,7 @@ class Functionalizer:
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), _val)
         if self.fake_mode is None:
             return None
-        with self.fake_mode:
+        with self.fake_mode, torch.no_grad():   # metadata only
             return node.target(*args, **kwargs)
 
     def view_or_reshape(self, value, sizes, origin=None):
@@ -528,8 +528,10 @@ class Functionalizer:
         if not isinstance(ref, Ref):
             return self._copy(node)
         val = _val(node)
-        if op in MAYBE_ALIAS and _is_tensor(val) and _is_tensor(ref.val) and _storage(val) != _storage(ref.val):
-            return self._copy(node)   # this reshape/contiguous copied
+        if _is_tensor(val) and _is_tensor(ref.val) and _storage(val) != _storage(ref.val):
+            # Some "views" alias only sometimes (reshape of a non-viewable tensor, `to` another
+            # dtype, contiguous of a strided one): the fake values' storages decide.
+            return self._copy(node)
         args = views.freeze(tuple(self.read_arg(a) for a in node.args[1:]))
         kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
         if info.is_multi_view:
@@ -565,8 +567,11 @@ class Functionalizer:
                 for k in variant.extra_from_out:
                     if k in ("dtype", "device", "layout") and like is not None:
                         kwargs[k] = getattr(like, k)
-        new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
-                        val=self._same_as_self(node, op, info, bound))
+        if variant.target in CONTIGUOUS_RANDOM and not _val(args[0]).is_contiguous():
+            new = self._random_in_memory_order(variant.target, args, kwargs, node)
+        else:
+            new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
+                            val=self._same_as_self(node, op, info, bound))
         if grad_link:
             new = self._keep_grad_link(new, old_self, node)
         nvals = info.fresh_returns + len(info.written)
@@ -629,6 +634,19 @@ class Functionalizer:
             return not isinstance(attr, torch.Tensor) or attr.requires_grad
         return not (orig is not None and orig.op == "call_function" and isinstance(orig.target, OpOverload)
                     and orig.target._schema.name.split("::")[-1] in FACTORIES)
+
+    def _random_in_memory_order(self, target, args, kwargs, node):
+        """Random values are drawn in memory order. ``bernoulli.p`` allocates its result
+        contiguously where ``bernoulli_`` fills ``self`` in its own order, so for a strided
+        dense ``self`` draw in the permutation that makes it contiguous, then permute back."""
+        val = _val(args[0])
+        perm = sorted(range(val.dim()), key=lambda d: (-val.stride(d), d))
+        if not val.permute(perm).is_contiguous():
+            raise UnsupportedError(f"{node.target} on a non-dense tensor: its draw order has no pure form",
+                                   node, pattern="random-non-dense", hint="call it on a contiguous tensor")
+        dense = self.call(aten.permute.default, (args[0], perm), origin=node)
+        drawn = self.call(target, (dense,) + tuple(args[1:]), kwargs, origin=node, note=f"was {node.target}")
+        return self.call(aten.permute.default, (drawn, views._inverse_permutation(perm)), origin=node)
 
     def _true(self, node):
         if self.true_node is None:
