@@ -80,21 +80,25 @@ class Program:
                      "    from fxpurify.fuzz.runner import check_functions\n"
                      f"    print(check_functions(make_inputs, {PROGRAM_FN}, "
                      f"{PROGRAM_FN}_oop, filename=__file__, "
-                     + ", ".join(f"{k}={v}" for k, v in self.trace_options().items())
+                     + ", ".join(f"{k}={v!r}" for k, v in self.trace_options().items())
                      + "))\n")
         return text
 
-    def trace_options(self) -> dict[str, bool]:
+    def trace_options(self) -> dict[str, object]:
         """How the runner captures and purifies this program, varied by seed so both entry
         paths of ``purify`` and both ``make_fx`` flavours are covered.
 
+        ``tracing_mode``: mostly ``"real"``; one program in eight each is traced ``"fake"`` and
+        ``"symbolic"`` (SymInt sizes, ``sym_size`` nodes), the metadata other capture paths give.
         ``pre_dispatch`` is forced for programs with a ``no_grad`` block: without it ``make_fx``
         records no grad mode, so the graph itself no longer means what the program means (its
         replay even raises on a leaf that requires grad), and no pass could be checked against
         eager on it."""
         has_no_grad = any(s.kind == "nograd" for s in self.stmts)
+        mode = {5: "fake", 7: "symbolic"}.get(self.seed % 8, "real")
         return {"with_example_inputs": self.seed % 2 == 0,
-                "pre_dispatch": has_no_grad or (self.seed // 2) % 2 == 1}
+                "pre_dispatch": has_no_grad or (self.seed // 2) % 2 == 1,
+                "tracing_mode": mode}
 
     def families(self) -> set[str]:
         return {s.family or s.kind for s in self.stmts}

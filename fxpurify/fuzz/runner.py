@@ -110,7 +110,7 @@ def _check(prog: Program, purify, check_pure, refusal_types) -> Outcome:
 
 def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None = None, *,
                     filename: str | None = None, with_example_inputs: bool = True,
-                    pre_dispatch: bool = False,
+                    pre_dispatch: bool = False, tracing_mode: str = "real",
                     purify: Callable | None = None,
                     check_pure: Callable | None = None,
                     refusal_types: tuple[type, ...] | None = None) -> Outcome:
@@ -124,11 +124,12 @@ def check_functions(make_inputs: Callable, fn: Callable, fn_oop: Callable | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _check_fns(make_inputs, fn, fn_oop or fn, purify, check_pure, refusal_types or (),
-                          with_example_inputs=with_example_inputs, pre_dispatch=pre_dispatch)
+                          with_example_inputs=with_example_inputs, pre_dispatch=pre_dispatch,
+                          tracing_mode=tracing_mode)
 
 
 def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types, *,
-               with_example_inputs: bool, pre_dispatch: bool) -> Outcome:
+               with_example_inputs: bool, pre_dispatch: bool, tracing_mode: str = "real") -> Outcome:
     """``with_example_inputs``: the graph already carries ``meta["val"]``, so ``purify`` needs no
     inputs; passing them or not exercises both entry paths. ``pre_dispatch``: see
     ``Program.trace_options``."""
@@ -138,8 +139,8 @@ def _check_fns(make_inputs, fn, fn_oop, purify, check_pure, refusal_types, *,
     except Exception as e:
         return Outcome("skipped", f"eager forward fails: {_first_line(e)}")
     try:
-        gm = make_fx(fn, record_stack_traces=True, pre_dispatch=pre_dispatch)(
-            *clone_inputs(inputs).inputs)
+        gm = make_fx(fn, record_stack_traces=True, pre_dispatch=pre_dispatch,
+                     tracing_mode=tracing_mode)(*clone_inputs(inputs).inputs)
     except Exception as e:
         return Outcome("skipped", f"make_fx fails: {_first_line(e)}")
     code_before = str(gm.graph)
