@@ -69,6 +69,9 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
     # (2, 3) write-backs
     finals = {}
     for root in written:
+        if root.autograd_base is not None:   # last writes under no_grad: keep the history before
+            fz._restore_history(root)
+            root.write_modes.add(None)
         value = root.value
         if value is not root.input_node and memory_of(value) in written_inputs:
             value = fz.call(aten.clone.default, (value,), origin=root.orig,

@@ -167,6 +167,7 @@ class Functionalizer:
         self.input_refs: dict[Root, Ref] = {}
         self.grad_enabled: Optional[bool] = None   # as set by the graph's own grad-mode nodes
         self.true_node = None
+        self.autograd_active = None
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
@@ -257,14 +258,18 @@ class Functionalizer:
     def base_of(self, root: Root) -> torch.fx.Node:
         """The root's current value. For an input the graph will write back, its *old* value is
         read through ``runtime.old_value``, which clones it when autograd may save it for
-        backward (it requires grad and grad mode is on): the write-back would otherwise change
-        a saved tensor, and backward would fail the version check where eager (which saves
-        ``original_self`` for in-place ops) succeeds."""
+        backward (grad mode on and some input requires grad): the write-back would otherwise
+        change a saved tensor, and backward would fail the version check where eager (which
+        saves ``original_self`` for in-place ops) succeeds."""
         if root.needs_snapshot:
             from . import runtime
             root.needs_snapshot = False
-            root.value = self.call(runtime.old_value, (root.value,), origin=root.orig, val=_val(root.value),
-                                   note=f"old value of {root.input_node.name} (cloned only if autograd needs it)")
+            if self.autograd_active is None:
+                tensors = [p for p in self.placeholders if _is_tensor(_val(p))]
+                self.autograd_active = self.call(runtime.autograd_active, tuple(tensors), val=True)
+            root.value = self.call(runtime.old_value, (root.value, self.autograd_active), origin=root.orig,
+                                   val=_val(root.value),
+                                   note=f"old value of {root.input_node.name} (cloned only if autograd is recording)")
         return root.value
 
     def flush(self, root: Root):
@@ -276,10 +281,10 @@ class Functionalizer:
     def read(self, ref: Ref) -> torch.fx.Node:
         root = ref.root
         if self.grad_enabled is not False:
+            if root.autograd_base is not None:
+                self._restore_history(root)
             if root.no_grad_write:
                 self._early_write_back(root)
-            elif root.autograd_base is not None:
-                self._restore_history(root)
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -335,13 +340,16 @@ class Functionalizer:
         root.mutated = True
         root.visible_write |= not hidden
         grad_mode = False if any(step.op is aten.detach.default for step in ref.path) else self.grad_enabled
-        root.write_modes.add(grad_mode)
         if grad_mode is False:
-            if root.input_node is not None:
-                root.no_grad_write = root.input_node.op == "placeholder"
-            elif root.autograd_base is None and self._may_require_grad_root(root):
+            is_input = root.input_node is not None
+            root.no_grad_write = is_input and root.input_node.op == "placeholder"
+            # The history to keep: an intermediate's own, or an input's after earlier writes
+            # autograd saw (an input's history before any write is its own: nothing to keep).
+            keeps = not is_input or any(m is not False for m in root.write_modes)
+            if keeps and root.autograd_base is None and self._may_require_grad_root(root):
                 self.flush(root)
                 root.autograd_base = self.base_of(root)
+        root.write_modes.add(grad_mode)
         if root.pending_path is not None:
             k = len(root.pending_path)
             if ref.path[:k] == root.pending_path:
@@ -824,16 +832,15 @@ class _FreshList:
 
 
 def _written_storages(gm) -> set:
-    """Storages (of fake values) that some node of ``gm`` writes: a quick scan before the walk,
-    so inputs that will be written back are known when they are first read."""
+    """Storages (of fake values) that some node of ``gm`` writes visibly to autograd: a quick
+    scan before the walk, so inputs that will be written back are known when first read."""
     written = set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or not isinstance(node.target, OpOverload):
             continue
         info = op_info(node.target)
-        hidden = HIDDEN_MUTATIONS.get(node.target)
-        names = info.written if info.written and not info.metadata_only else (hidden.written if hidden else ())
-        if not names:
+        names = info.written if info.written and not info.metadata_only else ()
+        if not names:   # hidden writes (batch norm) keep versions instead: no snapshot needed
             continue
         bound = bind_args(node.target, node.args, node.kwargs)
         for name in names:

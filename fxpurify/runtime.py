@@ -63,14 +63,18 @@ begin_write_back._fxpurify_side_effect = True
 end_write_back._fxpurify_side_effect = True
 
 
-def old_value(x: torch.Tensor) -> torch.Tensor:
+def autograd_active(*inputs: torch.Tensor) -> bool:
+    """Whether this call builds an autograd graph at all: grad mode on and an input requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+
+
+def old_value(x: torch.Tensor, active: bool) -> torch.Tensor:
     """The value an input had on entry, for a graph that writes it back later.
 
-    Cloned only when autograd may save it for backward (it requires grad and grad mode is on);
-    otherwise the input itself, at no cost."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return x.clone()
-    return x
+    Cloned only when autograd is recording (``autograd_active``): then some op may save it for
+    backward, and the write-back must not change what it saved. Otherwise the input itself, at
+    no cost (inference, optimizer steps under no_grad, KV-cache decode)."""
+    return x.clone() if active else x
 
 
 class _KeepHistory(torch.autograd.Function):
