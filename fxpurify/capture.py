@@ -290,9 +290,21 @@ def _make_fx_trace(fn, args: tuple, kwargs: dict, *, tracing_mode: str, pre_disp
         raise ValueError(f"tracing_mode={tracing_mode!r}; valid: {', '.join(_TRACING_MODES)}")
     flat_fn, dyn, state, per_arg = _make_flat_callable(fn, args, kwargs)
     traced_on = _clone_preserving_aliases(dyn) if tracing_mode == "real" else dyn
-    with _record_user_stack_traces():
-        gm = make_fx(flat_fn, tracing_mode=tracing_mode, pre_dispatch=pre_dispatch,
-                     record_stack_traces=True)(*traced_on)
+    try:
+        with _record_user_stack_traces():
+            gm = make_fx(flat_fn, tracing_mode=tracing_mode, pre_dispatch=pre_dispatch,
+                         record_stack_traces=True)(*traced_on)
+    except RuntimeError as e:
+        if tracing_mode == "real" and "get value out of a tracing tensor" in str(e):
+            where = _user_frames(traceback.extract_tb(e.__traceback__))
+            line = f"{where[-1].filename}:{where[-1].lineno}" if where else "<unknown>"
+            raise _errors().UnsupportedError(
+                f"fxpurify.trace(tracing_mode='real'): the program reads a traced tensor's value "
+                f"(.item(), bool(tensor), a data-dependent branch) at {line}",
+                hint="trace with tracing_mode='fake' (enough when the value does not depend on "
+                     "the inputs, as in Hugging Face mask code), or move the data-dependent "
+                     "decision out of the traced function") from e
+        raise
     if tracing_mode == "real":
         _unify_fake_metadata(gm, dyn)
     _rename_placeholders(gm, _input_names(fn, args, kwargs, per_arg))

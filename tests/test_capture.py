@@ -446,3 +446,14 @@ def test_trace_hf_gpt2_in_fake_mode():
     with torch.no_grad():
         torch.testing.assert_close(out[0], model(ids).logits)
     assert gm.meta["fxpurify_capture"]["out_spec"] is not None
+
+
+def test_real_mode_value_read_gets_an_actionable_error():
+    def f(x):
+        if x.sum() > 0:  # data-dependent branch: needs the value
+            x.add_(1)
+        return x
+
+    with pytest.raises(errors.UnsupportedError, match="tracing_mode='fake'") as e:
+        trace(f, torch.ones(3))
+    assert f"{HERE}:{_line_of(f, 'if x.sum() > 0')}" in str(e.value)
