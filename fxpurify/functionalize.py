@@ -301,10 +301,16 @@ class Functionalizer:
         self.flush(root)
         root.no_grad_write = False
         ph = root.input_node
-        token = self.call(runtime.begin_write_back, ((ph,), ()), val=True)
+        # Written only under no_grad: write back under no_grad, the input keeps its history.
+        # Otherwise its value carries the history to rebase onto (see _restore_history).
+        only_no_grad = root.write_modes == {False}
+        token = self.call(runtime.begin_write_back, (() if only_no_grad else (ph,), ()), val=True)
+        if only_no_grad:
+            self.call(torch._C._set_grad_enabled, (False,), val=True)
         self.call(aten.copy_.default, (ph, root.value), origin=root.orig, val=_val(ph),
                   note=f"write-back of {ph.name}, written under no_grad and read after")
         self.call(runtime.end_write_back, (token,), val=True)
+        root.write_modes = set()
         self.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
                         "written under no_grad, read with grad on: later reads read the input itself")
         root.value, root.mutated = ph, False
