@@ -121,6 +121,17 @@ def _storage_key(t: torch.Tensor):
     return (t.device, st.data_ptr())
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense (some permutation of a contiguous layout): ``clone()`` with
+    ``preserve_format`` then keeps its strides exactly."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _on_storage(storage: torch.UntypedStorage, like: torch.Tensor) -> torch.Tensor:
     """A plain tensor with ``like``'s dtype/size/stride/offset over ``storage`` (no autograd)."""
     t = torch.empty(0, dtype=like.dtype, device=like.device)
@@ -142,11 +153,13 @@ def clone_inputs(inputs: Sequence[Any]) -> _Cloned:
     member is re-created on it with ``set_``. Then autograd structure:
 
     - a leaf that requires grad stays a leaf (``requires_grad_()`` on the re-created tensor);
-    - a non-leaf that requires grad becomes ``as_strided`` of a leaf requiring grad in the same
-      group if there is one (it was most likely a view of it), else ``as_strided`` of a hidden
-      non-leaf ``base = hidden_leaf.clone()`` covering the whole storage. Either way in-place
-      ops on it are legal exactly when they were on the original, and the hidden leaf's ``.grad``
-      tells whether gradients flow back through a write-back.
+    - a non-leaf that requires grad and is no view (``leaf * 1``) becomes ``hidden.clone()`` of
+      a hidden leaf with its layout; one that is a view, or shares storage with other inputs,
+      becomes ``as_strided`` of a leaf requiring grad in the same group if there is one (it was
+      most likely a view of it), else ``as_strided`` of a hidden non-leaf
+      ``base = hidden_leaf.clone()`` covering the whole storage. Either way in-place ops on it
+      are legal exactly when they were on the original, and the hidden leaf's ``.grad`` tells
+      whether gradients flow back through a write-back.
     """
     flat, spec = pytree.tree_flatten(list(inputs))
     groups: dict[Any, list[int]] = {}
@@ -181,6 +194,17 @@ def clone_inputs(inputs: Sequence[Any]) -> _Cloned:
                     grad_leaves[f"input[{i}]"] = t
                 out[i] = _keep_type(x, t)
         if not nonleaf_members:
+            continue
+        if len(members) == 1 and flat[members[0]]._base is None and \
+                _dense(flat[members[0]]):
+            # A lone non-leaf that is not a view (``leaf * 1``): recreate it as exactly that,
+            # a clone of a hidden leaf with its layout, so it is not a view either (in-place
+            # ops on views rebase their base's history, which would change what is tested).
+            i = members[0]
+            hidden = _on_storage(storage, flat[i]).requires_grad_(True)
+            grad_leaves[f"hidden leaf of input[{i}]"] = hidden
+            out[i] = hidden.clone(memory_format=torch.preserve_format)
+            retained[f"input[{i}]"] = out[i]
             continue
         if grad_leaf_members:
             anchor = out[grad_leaf_members[0]]

@@ -161,7 +161,7 @@ def test_detects_write_back_without_autograd_history():
         return t.sum() * 0 + 1.0
     leaf = torch.randn(5, requires_grad=True)
     out = _mismatches(ref, cand, [leaf * 2])
-    assert "grad of hidden base of input[0]" in out
+    assert "grad of hidden leaf of input[0]" in out
 
 
 def test_reference_backward_error_is_reported_not_hidden():
@@ -240,6 +240,13 @@ def test_clone_inputs_preserves_aliasing_layout_and_leafness():
     nonleaf2.mul_(2)  # legal, as on the original non-leaf
     assert cl2.is_contiguous(memory_format=torch.channels_last)
     assert set(c.grad_leaves) == {"input[2]", "hidden base of input[3]"}
+    assert nonleaf2._base is not None  # a view stays a view
+
+
+def test_clone_inputs_keeps_a_plain_non_leaf_a_non_view():
+    leaf = torch.randn(3, 4, requires_grad=True)
+    (x,) = clone_inputs([leaf * 2]).inputs
+    assert not x.is_leaf and x._base is None and x.requires_grad and x.stride() == (4, 1)
 
 
 def test_clone_inputs_keeps_view_of_grad_leaf_as_its_view():
