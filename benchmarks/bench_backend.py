@@ -48,11 +48,21 @@ def _sync(device: str) -> None:
 
 
 def make_step(name: str, device: str):
-    """(model, step(model_or_compiled)) for a built-in model; step runs one workload step."""
+    """(model, step(model_or_compiled), reset()) for a built-in model.
+
+    ``step`` runs one workload step; ``reset`` (untimed) puts the buffers back to their initial
+    values, so decode steps can repeat without running off the end of a static KV cache.
+    """
     built = models.build(name)
     model = built.fn.to(device)
     inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x
                    for x in built.example_inputs)
+    initial = {k: v.detach().clone() for k, v in model.named_buffers()}
+
+    def reset():
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(initial[k])
     if name in TRAINING:
         def step(fn):
             out = fn(*inputs)
@@ -62,7 +72,7 @@ def make_step(name: str, device: str):
         def step(fn):
             with torch.no_grad():
                 fn(*inputs)
-    return model, step
+    return model, step, reset
 
 
 def compile_with(model, label: str):
@@ -72,7 +82,7 @@ def compile_with(model, label: str):
 
 def time_first_call(name: str, label: str, device: str) -> float:
     torch._dynamo.reset()
-    model, step = make_step(name, device)
+    model, step, _ = make_step(name, device)
     compiled = compile_with(model, label)
     _sync(device)
     t0 = time.perf_counter()
@@ -83,12 +93,14 @@ def time_first_call(name: str, label: str, device: str) -> float:
 
 def time_steady(name: str, label: str, device: str, steps: int, warmup: int = 3) -> float:
     torch._dynamo.reset()
-    model, step = make_step(name, device)
+    model, step, reset = make_step(name, device)
     compiled = compile_with(model, label)
     for _ in range(warmup):
+        reset()
         step(compiled)
     times = []
     for _ in range(steps):
+        reset()
         _sync(device)
         t0 = time.perf_counter()
         step(compiled)
