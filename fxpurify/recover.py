@@ -92,15 +92,21 @@ output, or the caller would receive an alias of its input where it used to get a
 in-place write to ``p`` is legal (inputs requiring grad go through ``write_back_input``), the
 version bump happens after every reader of the old value exactly as with the epilogue copy,
 and none of these scatters' backward formulas needs the old ``self``.
-Grad mode of the writes. The core emits its write-backs inside a bracket
-``b = begin_write_back(*written_inputs) ... torch._C._set_grad_enabled(b)``: ``begin_write_back``
-turns grad off when a written input is a leaf that requires grad (an optimizer step). A write
-moved out of the bracket gets its own copy of the bracket (same function, same arguments), so it
-runs under exactly the grad mode it had; the decision reads only ``is_leaf``/``requires_grad``,
-which no write-back can change (a copy into a leaf that requires grad under grad mode is an
-error, and one under ``no_grad`` keeps it a leaf), so taking it earlier gives the same answer.
-For the same reason ``begin_write_back`` does not count as a reader of the inputs' values.
-A bracket left empty is removed.
+
+C. The epilogue's bracket
+-------------------------
+The core emits its write-backs inside ``b = begin_write_back(...) ... end_write_back(b)``:
+``begin_write_back`` turns grad off when a written input is a leaf that requires grad (an
+optimizer step), and the pair keeps the version counters of inputs written only by hidden
+writes (batch-norm running statistics, which autograd saved for backward). A write moved out of
+the epilogue (A or B) gets its own clone of the bracket — same functions, same arguments — so
+(1) it runs under the grad mode it had: the decision reads only ``is_leaf``/``requires_grad``,
+which no write-back changes (a copy into a leaf that requires grad is only legal under
+``no_grad``, which keeps it a leaf; a copy into a non-leaf cannot make it a leaf), so taking it
+earlier gives the same answer; (2) its version treatment is the same: the clone records the
+versions just before the one write and restores them just after, and no other write happens in
+between, so every other input gets back the version it already had. ``begin_write_back`` reads
+only metadata, so it is not a reader of the inputs' values; a bracket left empty is removed.
 
 ``as_strided_scatter`` is not rewritten: ``as_strided`` on ``p`` and on ``p.clone()`` address
 different elements when ``p`` has an offset or odd strides, and its views may overlap
@@ -215,6 +221,18 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
     return [a for a in tree_leaves((node.args, node.kwargs)) if isinstance(a, fx.Node)]
 
 
+# fxpurify.runtime helpers that look only at their inputs' metadata (is_leaf, requires_grad,
+# _version, storage pointers) and return flags or tokens, never tensors: not readers of values.
+_METADATA_ONLY_RUNTIME = frozenset({"begin_write_back", "autograd_active",
+                                    "check_inputs_not_aliased"})
+
+
+def _metadata_only(node: fx.Node) -> bool:
+    t = node.target
+    return (node.op == "call_function" and "fxpurify" in getattr(t, "__module__", "")
+            and getattr(t, "__name__", "") in _METADATA_ONLY_RUNTIME)
+
+
 def _alias_roots(graph: fx.Graph) -> dict[fx.Node, frozenset]:
     """Alias roots of every node (see the module docstring)."""
     roots: dict[fx.Node, frozenset] = {}
@@ -230,6 +248,8 @@ def _alias_roots(graph: fx.Graph) -> dict[fx.Node, frozenset]:
                 roots[n] = roots[args[0]]
             else:
                 roots[n] = frozenset({n})
+        elif _metadata_only(n):
+            roots[n] = frozenset({n})  # a flag, not a tensor: aliases nothing
         else:  # unknown callable, call_module, higher-order op: may alias any tensor argument
             r = {n}
             for a in args:
@@ -289,28 +309,36 @@ class _Analysis:
 
 
 def _is_bracket_begin(node: fx.Node) -> bool:
-    """``fxpurify.runtime.begin_write_back``: decides the grad mode of the write-backs.
+    """``fxpurify.runtime.begin_write_back``: opens the epilogue (grad mode, version counters).
 
-    It reads the written inputs' *metadata* (``is_leaf``, ``requires_grad``), never their data,
-    so it is not a reader of their values for the proofs above.
+    It reads the written inputs' *metadata* (``is_leaf``, ``requires_grad``, ``_version``),
+    never their data, so it is not a reader of their values for the proofs above.
     """
     t = node.target
     return (node.op == "call_function" and getattr(t, "__name__", "") == "begin_write_back"
             and "fxpurify" in getattr(t, "__module__", ""))
 
 
+def _bracket_end(begin: fx.Node) -> fx.Node | None:
+    """The node that closes ``begin``'s bracket: its only user, after it (``end_write_back`` or
+    ``torch._C._set_grad_enabled`` — whichever the core emits, we only ever clone it)."""
+    if len(begin.users) != 1:
+        return None
+    (end,) = begin.users
+    return end if end.op == "call_function" else None
+
+
 def _brackets(graph: fx.Graph) -> dict[fx.Node, tuple[fx.Node, fx.Node]]:
-    """Map each node inside ``b = begin_write_back(...) ... _set_grad_enabled(b)`` to (b, end)."""
+    """Map each node inside ``b = begin_write_back(...) ... end(b)`` to ``(b, end)``."""
     out: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
-    open_b, inside = None, []
+    open_b, open_e, inside = None, None, []
     for n in graph.nodes:
         if _is_bracket_begin(n):
-            open_b, inside = n, []
-        elif (open_b is not None and n.op == "call_function"
-              and n.target is torch._C._set_grad_enabled and n.args and n.args[0] is open_b):
+            open_b, open_e, inside = n, _bracket_end(n), []
+        elif open_b is not None and n is open_e:
             for m in inside:
                 out[m] = (open_b, n)
-            open_b, inside = None, []
+            open_b, open_e, inside = None, None, []
         elif open_b is not None:
             inside.append(n)
     return out
@@ -332,8 +360,8 @@ def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
     """For each target: positions of nodes reading its value (one pass over the graph)."""
     reads: dict[fx.Node, list[int]] = {t: [] for t in targets}
     for n in graph.nodes:
-        if _is_bracket_begin(n):
-            continue  # metadata only (see _is_bracket_begin)
+        if _metadata_only(n):
+            continue  # flags from metadata (see _METADATA_ONLY_RUNTIME)
         hit = set()
         for a in _node_args(n):
             hit |= an.roots.get(a, frozenset()) & targets
@@ -343,29 +371,33 @@ def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
 
 
 def _insert_write(graph: fx.Graph, after: fx.Node, make, bracket) -> fx.Node:
-    """Insert the write built by ``make()`` after ``after``, in its own copy of the epilogue's
-    grad-mode bracket when it came from one, so it runs under exactly the grad mode it had.
+    """Insert the write built by ``make(at)`` after ``after``, inside its own clone of the
+    epilogue's bracket when it came from one (same begin and end functions, same arguments), so
+    it runs under exactly the grad mode and version-counter treatment it had in the epilogue.
 
     Returns the last node inserted."""
     if bracket is None:
-        with graph.inserting_after(after):
-            return make(after)
-    begin, _ = bracket
+        return make(after)
+    begin, end = bracket
     with graph.inserting_after(after):
         b = graph.call_function(begin.target, begin.args, begin.kwargs)
     b.meta = copy.copy(begin.meta)
     last = make(b)
+    args = fx.map_arg(end.args, lambda a: b if a is begin else a)
+    kwargs = fx.map_arg(end.kwargs, lambda a: b if a is begin else a)
     with graph.inserting_after(last):
-        e = graph.call_function(torch._C._set_grad_enabled, (b,))
+        e = graph.call_function(end.target, args, kwargs)
+    e.meta = copy.copy(end.meta)
     return e
 
 
 def _drop_empty_brackets(graph: fx.Graph) -> None:
-    """A bracket left with nothing inside is a no-op (mode set, then restored): remove it."""
+    """A bracket left with nothing inside is a no-op (mode set, then restored; versions
+    recorded, then restored unchanged): remove it."""
     for n in list(graph.nodes):
-        if _is_bracket_begin(n) and len(n.users) == 1:
-            (end,) = n.users
-            if end.target is torch._C._set_grad_enabled and n.next is end:
+        if _is_bracket_begin(n):
+            end = _bracket_end(n)
+            if end is not None and n.next is end and not end.users:
                 graph.erase_node(end)
                 graph.erase_node(n)
 
@@ -421,17 +453,24 @@ def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
         if anchor + 1 >= pc:
             continue
         moves.append((c, p, v, nodes[anchor], pc - anchor - 1))
-    for c, p, v, after, distance in moves:
-        bracket = an.bracket.get(c)
+    # Writes that land after the same node share one bracket, in their original order.
+    groups: dict[tuple, list] = {}
+    for mv in moves:
+        c = mv[0]
+        groups.setdefault((mv[3], an.bracket.get(c)), []).append(mv)
+    for (after, bracket), group in groups.items():
 
-        def make(at, c=c):
-            at.append(c)
-            return c
+        def make(at, group=group):
+            for c, *_ in group:
+                at.append(c)
+                at = c
+            return at
 
         _insert_write(graph, after, make, bracket)
-        records.append(RecoveryRecord(
-            "early_writeback", p.name, c.name,
-            f"moved {distance} nodes earlier, after {after.name}", _nbytes(_val(v))))
+        for c, p, v, _, distance in group:
+            records.append(RecoveryRecord(
+                "early_writeback", p.name, c.name,
+                f"moved {distance} nodes earlier, after {after.name}", _nbytes(_val(v))))
     _drop_empty_brackets(graph)
 
 
@@ -496,12 +535,25 @@ def _plan_scatter(s: fx.Node, base: fx.Node, chain: list, leaves: list, dead: li
     return True
 
 
+def _is_old_value_of(node: Any, p: fx.Node) -> bool:
+    """``node`` is ``p``'s value on entry: ``p`` itself, or ``fxpurify.runtime.old_value(p, ...)``
+    (which is ``p``, or a clone of it when autograd records, so that a tensor saved for backward
+    is not changed by the write-back). Either way, a write that produces ``s = op(node, ...)``
+    and leaves ``s`` in ``p`` can run as ``op_(p, ...)``: the clone, if one is made, keeps
+    serving the other readers of the old value."""
+    if node is p:
+        return True
+    return (isinstance(node, fx.Node) and node.op == "call_function" and bool(node.args)
+            and node.args[0] is p and getattr(node.target, "__name__", "") == "old_value"
+            and "fxpurify" in getattr(node.target, "__module__", ""))
+
+
 def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
     graph = gm.graph
     an = _analyse(graph)
     cands = [(c, p, s) for c, p, s in _copy_candidates(graph, an, plain_only=True)
              if isinstance(s, fx.Node) and s.op == "call_function" and s.args
-             and s.args[0] is p]
+             and _is_old_value_of(s.args[0], p)]
     if not cands:
         return
     reads = _last_reads(graph, an, {p for _, p, _ in cands})
@@ -512,7 +564,9 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
         chain: list = []
         leaves: list = []
         dead: list = [s]
-        if not _plan_scatter(s, p, chain, leaves, dead):
+        if s.args[0] is not p and len(s.args[0].users) == 1:
+            dead.append(s.args[0])  # old_value(p) read only by s: gone with it
+        if not _plan_scatter(s, s.args[0], chain, leaves, dead):
             continue
         if not _same_layout(_val(s), _val(p)):
             continue  # shape/dtype/strides differ: readers of s would see another layout
