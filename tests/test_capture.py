@@ -457,3 +457,31 @@ def test_real_mode_value_read_gets_an_actionable_error():
     with pytest.raises(errors.UnsupportedError, match="tracing_mode='fake'") as e:
         trace(f, torch.ones(3))
     assert f"{HERE}:{_line_of(f, 'if x.sum() > 0')}" in str(e.value)
+
+
+def test_lower_dynamo_graph_keeps_autocast_regions():
+    def f(x, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = x @ w
+        y = y.float()
+        y.relu_()
+        return y
+
+    records = []
+
+    def backend(gm, example_inputs):
+        records.append((list(example_inputs), lower_dynamo_graph(gm, example_inputs)))
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        torch.compile(f, backend=backend, fullgraph=True)(torch.randn(4, 4), torch.randn(4, 4))
+    finally:
+        torch._dynamo.reset()
+    (example_inputs, low), = records
+    names = [getattr(t, "__name__", "") for t in _targets(low)]
+    assert "_enter_autocast" in names and "_exit_autocast" in names
+    assert torch.ops.aten.relu_.default in _targets(low)
+    assert not is_torch_level_graph(low)
+    (got,) = low(*[e.clone() for e in example_inputs])
+    torch.testing.assert_close(got, f(*example_inputs))
