@@ -190,9 +190,10 @@ def purify_module(model: torch.nn.Module, *example_inputs, tracing_mode: str = "
                   **example_kwargs) -> PurifiedModule:
     """Trace ``model(*example_inputs, **example_kwargs)``, purify it, return a :class:`PurifiedModule`.
 
-    Tracing runs on clones of the state and inputs (``tracing_mode="real"``) or on fake tensors
-    (``"fake"``, for Hugging Face models), so building the module changes nothing; the first
-    call updates the model's buffers exactly as one eager call would. ``purify_fn(gm,
+    Tracing runs on clones of the state and inputs (``tracing_mode="real"``: one forward pass,
+    and a transient copy of the state) or on fake tensors (``"fake"``: no data, no copy; what
+    Hugging Face models need), so building the module changes nothing; the first call updates
+    the model's buffers exactly as one eager call would. ``purify_fn(gm,
     example_inputs)`` replaces :func:`fxpurify.purify` (e.g. to compare against another pass).
     """
     if not isinstance(model, torch.nn.Module):
