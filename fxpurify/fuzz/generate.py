@@ -585,6 +585,40 @@ def _fresh_env(prog_inputs: list[str], seed: int) -> dict:
     return env
 
 
+def _same_as_twin(env: dict, src: str, oop: str) -> bool:
+    """Does the in-place statement compute what its out-of-place twin computes?
+
+    Not always: eager skips its partial-overlap check when an operand is broadcast, so
+    ``x.mul_(x.diagonal())`` reads elements it already overwrote and its result depends on the
+    kernel's iteration order. No functional program means that; such statements are dropped.
+    Run on alias-preserving clones of the live tensors, under ``no_grad`` (values only).
+    (Random ops are exempt: the twin's ``clone()`` may reorder a non-dense tensor's elements.)
+    """
+    from ..verify import clone_inputs
+    names = [k for k, v in env.items() if isinstance(v, torch.Tensor)]
+    envs = []
+    for stmt in (src, oop):
+        copies = clone_inputs([env[k].detach() for k in names]).inputs
+        e = dict(env)
+        e.update(zip(names, copies))
+        try:
+            with torch.no_grad():
+                exec(stmt, e)
+        except Exception:
+            return False
+        envs.append(e)
+    a, b = envs
+    for k, v in a.items():
+        if isinstance(v, torch.Tensor):
+            w = b.get(k)
+            if not isinstance(w, torch.Tensor) or v.shape != w.shape or v.dtype != w.dtype:
+                return False
+            if v.numel() and not torch.equal(v.nan_to_num(), w.nan_to_num()) or \
+                    not torch.equal(v.isnan(), w.isnan()):
+                return False
+    return True
+
+
 def generate(seed: int, *, max_stmts: int | None = None) -> Program:
     """A random program that runs forward in eager by construction (see module docstring)."""
     rng = random.Random(seed)
@@ -611,6 +645,10 @@ def generate(seed: int, *, max_stmts: int | None = None) -> Program:
                 counter[0] = saved_counter
                 continue
             kind, src, oop, defines, family = r
+            if kind in ("inplace", "nograd") and "random" not in family and \
+                    not _same_as_twin(env, src, oop):
+                counter[0] = saved_counter
+                continue
             try:
                 exec(src, env)
             except Exception:
