@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "trace", "trace_module", "ModuleCapture", "lower_dynamo_graph", "ensure_fake_metadata",
-    "is_torch_level_graph", "needs_fake_metadata",
+    "is_torch_level_graph", "torch_level_nodes", "needs_fake_metadata",
 ]
 
 _TRACING_MODES = ("real", "fake", "symbolic")
@@ -635,31 +635,47 @@ def _is_torch_level_target(target: Any) -> bool:
     return mod in _TORCH_LEVEL_MODULES or mod.startswith("torch.nn.")
 
 
-def is_torch_level_graph(gm: torch.fx.GraphModule) -> bool:
-    """True for graphs from ``symbolic_trace`` or Dynamo, which purify cannot take directly.
+def torch_level_nodes(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The nodes that make ``gm`` a torch-level graph (empty for an ATen-level graph).
 
-    Evidence: any ``call_method`` / ``call_module`` node, or a ``call_function`` whose target is a
-    torch-level callable (``torch.relu``, ``F.relu``, ``torch._C._nn.linear``, a Tensor method,
+    Evidence: ``call_method`` / ``call_module`` nodes, and ``call_function`` nodes whose target is
+    a torch-level callable (``torch.relu``, ``F.relu``, ``torch._C._nn.linear``, a Tensor method,
     an ``OpOverloadPacket``) or an ``operator`` function applied to a tensor (``x + y``,
     ``operator.iadd``). ``operator.getitem`` of a multi-output op, SymInt arithmetic,
-    higher-order ops and ``_set_grad_enabled`` are ATen-level. Unknown user functions
-    (``torch.fx.wrap``) are not counted.
+    higher-order ops, ``_set_grad_enabled`` and autocast markers are ATen-level. Unknown user
+    functions (``torch.fx.wrap``) are not counted.
     """
     import operator
 
+    found: list[torch.fx.Node] = []
+    found_set: set[torch.fx.Node] = set()
     for node in gm.graph.nodes:
         if node.op in ("call_method", "call_module"):
-            return True
+            found.append(node)
+            found_set.add(node)
+            continue
         if node.op != "call_function":
             continue
         t = node.target
         if getattr(t, "__module__", None) in ("_operator", "operator"):
             if t is operator.getitem:
                 continue
-            vals = [a.meta.get("val", a.meta.get("example_value")) for a in node.all_input_nodes]
-            if any(isinstance(v, torch.Tensor) for v in vals):
-                return True
+            # on a tensor (by metadata), or on the result of a torch-level call (no metadata:
+            # symbolic_trace); SymInt arithmetic of ATen graphs reads sym_size nodes instead
+            ins = node.all_input_nodes
+            if any(isinstance(a.meta.get("val", a.meta.get("example_value")), torch.Tensor)
+                   for a in ins) or any(a in found_set for a in ins):
+                found.append(node)
+                found_set.add(node)
             continue
         if _is_torch_level_target(t):
-            return True
-    return False
+            found.append(node)
+            found_set.add(node)
+    return found
+
+
+def is_torch_level_graph(gm: torch.fx.GraphModule) -> bool:
+    """True for graphs from ``symbolic_trace`` or Dynamo, which purify cannot take directly
+    (see :func:`torch_level_nodes` for what counts); lower them with :func:`trace` or
+    :func:`lower_dynamo_graph` first."""
+    return bool(torch_level_nodes(gm))

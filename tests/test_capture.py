@@ -11,7 +11,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxpurify import errors
 from fxpurify.capture import (ensure_fake_metadata, is_torch_level_graph, lower_dynamo_graph,
-                              needs_fake_metadata, trace, trace_module)
+                              needs_fake_metadata, torch_level_nodes, trace, trace_module)
 
 HERE = __file__
 
@@ -406,6 +406,8 @@ def test_is_torch_level_graph():
             return torch.relu(x) + 1
 
     assert is_torch_level_graph(torch.fx.symbolic_trace(M()))
+    names = [n.name for n in torch_level_nodes(torch.fx.symbolic_trace(M()))]
+    assert names == ["add_", "relu", "add"]  # call_method, torch.relu, operator.add on a tensor
     assert is_torch_level_graph(torch.fx.symbolic_trace(nn.Sequential(nn.ReLU(inplace=True))))
     assert not is_torch_level_graph(trace(M(), torch.randn(3)))
     assert not is_torch_level_graph(trace(lambda x: x.split(2), torch.randn(4)))  # getitem
