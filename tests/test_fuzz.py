@@ -7,6 +7,8 @@ The longer run is a documented command (docs/readme_trust.md):
 import collections
 import dataclasses
 
+import torch.nn.functional as F
+
 import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -201,3 +203,141 @@ def test_cli_prints_rates_and_counts(capsys):
     out = capsys.readouterr().out
     assert "programs/s" in out and "outcomes: ok=" in out
     assert rc == (1 if "FAILED" in out else 0)
+
+
+# ---------------------------------------------------------------- regressions found by the fuzzer
+# Hand-minimized from reduced fuzzer reproducers. Each must end ok (equivalent to eager) or
+# refused (a typed error), both with and without example inputs. A case the core still gets
+# wrong is marked xfail(strict=True) naming the bug, so fixing it turns the mark into a failure.
+
+def _leaf(*shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+
+
+def _r(*shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+def bernoulli_on_transposed_input(x):
+    x.bernoulli_(0.5)
+    return torch.zeros_like(x)
+
+
+def dropout_inplace_on_transposed(x):
+    t = (x + x).t()
+    F.dropout(t, 0.5, True, inplace=True)
+    return t
+
+
+def normal_on_strided_input(x):
+    x.normal_()
+    return x.view(4, 6, 1)
+
+
+def out_into_fresh_float32_from_float64(x):
+    t = torch.empty(0)
+    torch.add(x, 1, out=t)
+    return t
+
+
+def as_strided_read_after_write_to_strided_input(x):
+    x.abs_()
+    return x.as_strided((2, 3), (3, 1), 1) * 1
+
+
+def as_strided_write_after_write_to_strided_input(x):
+    t = x.as_strided((3, 3), (3, 1), 0)
+    x.clamp_(min=0.1)
+    t.zero_()
+    return x * 1
+
+
+def no_grad_write_through_view_then_grad_write(x):
+    t = x.unsqueeze(-2)
+    with torch.no_grad():
+        t.masked_fill_(t > 0, 1.5)
+    x.index_fill_(0, torch.tensor([1]), 1.5)
+    return x
+
+
+def write_through_detach_keeps_history(x):
+    x.neg_()
+    x.detach().mul_(2)
+    return x
+
+
+def copy_of_constant_into_tensor_requiring_grad(x, y):
+    x.copy_(y)
+    return x.sum()
+
+
+def setitem_then_no_grad_add(x):
+    t = x.sum() + x.sum()
+    x[1] += 1.0
+    with torch.no_grad():
+        x.add_(1.0)
+    return t
+
+
+def no_grad_leaf_write_and_grad_nonleaf_write(x, w):
+    with torch.no_grad():
+        w.abs_()
+    t = w.flatten()
+    x.abs_()
+    return t
+
+
+def out_under_no_grad_on_tensor_requiring_grad(x):
+    t = x.sum() * 1
+    with torch.no_grad():
+        torch.mul(t, t, out=t)
+    return t
+
+
+_CASES = [
+    # name, fn, inputs factory, options
+    ("bernoulli_on_transposed_input", bernoulli_on_transposed_input, lambda: [_r(3, 3).mT], {}),
+    ("dropout_inplace_on_transposed", dropout_inplace_on_transposed, lambda: [_r(4, 6)], {}),
+    ("normal_on_strided_input", normal_on_strided_input, lambda: [_r(8, 6)[::2]], {}),
+    ("out_into_fresh_float32_from_float64", out_into_fresh_float32_from_float64, lambda: [_r(4, 3).double()], {}),
+    ("as_strided_read_after_write_to_strided_input", as_strided_read_after_write_to_strided_input, lambda: [_r(6, 3)[::2]], {}),
+    ("as_strided_write_after_write_to_strided_input", as_strided_write_after_write_to_strided_input, lambda: [_r(10, 5)[::2]], {}),
+    ("no_grad_write_through_view_then_grad_write", no_grad_write_through_view_then_grad_write, lambda: [_leaf(6) * 1], {"pre_dispatch": True}),
+    ("write_through_detach_keeps_history", write_through_detach_keeps_history, lambda: [_leaf(4) * 1], {}),
+    ("copy_of_constant_into_tensor_requiring_grad", copy_of_constant_into_tensor_requiring_grad, lambda: [_leaf(3) * 1, _r(3)], {}),
+    ("setitem_then_no_grad_add", setitem_then_no_grad_add, lambda: [_leaf(8) * 1], {"pre_dispatch": True}),
+    ("no_grad_leaf_write_and_grad_nonleaf_write", no_grad_leaf_write_and_grad_nonleaf_write, lambda: [_leaf(5, 5) * 1, _leaf(8)], {"pre_dispatch": True}),
+    ("out_under_no_grad_on_tensor_requiring_grad", out_under_no_grad_on_tensor_requiring_grad, lambda: [_leaf(3, 4)], {"pre_dispatch": True}),
+]
+
+
+
+_BUGS = {
+    "normal_on_strided_input": "core: random in-place op on a non-dense input draws values in a "
+                               "different element order than eager (silently wrong)",
+    "out_into_fresh_float32_from_float64": "core: out= into a fresh tensor that must be resized "
+                                           "is rebound without casting to the out tensor's dtype",
+    "setitem_then_no_grad_add": "core: wrong gradient after a no_grad write into a non-leaf "
+                                "input that was also written with grad",
+    "no_grad_leaf_write_and_grad_nonleaf_write": "core: write-backs of a no_grad-written leaf and "
+                                                 "a grad-written non-leaf make backward fail "
+                                                 "(version counter)",
+}
+_XFAIL: dict[tuple[str, bool], str] = {(n, ex): r for n, r in _BUGS.items() for ex in (False, True)}
+
+
+def _params():
+    for name, fn, mk, opts in _CASES:
+        for ex in (False, True):
+            marks = ()
+            if (name, ex) in _XFAIL:
+                marks = pytest.mark.xfail(strict=True, reason=_XFAIL[(name, ex)])
+            yield pytest.param(fn, mk, opts, ex, id=f"{name}-{'with' if ex else 'no'}-inputs",
+                               marks=marks)
+
+
+@pytest.mark.parametrize("fn,make_inputs,opts,with_inputs", list(_params()))
+def test_fuzzer_regressions(fn, make_inputs, opts, with_inputs):
+    from fxpurify.fuzz.runner import check_functions
+    out = check_functions(make_inputs, fn, with_example_inputs=with_inputs, **opts)
+    assert out.kind in ("ok", "refused"), f"{out.kind}: {out.detail}"
