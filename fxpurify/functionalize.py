@@ -191,7 +191,7 @@ class Functionalizer:
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), _val)
         if self.fake_mode is None:
             return None
-        with self.fake_mode, torch.no_grad():   # metadata only
+        with self.fake_mode:
             return node.target(*args, **kwargs)
 
     def view_or_reshape(self, value, sizes, origin=None):
@@ -335,8 +335,7 @@ class Functionalizer:
                 hint="pass inputs that do not share storage (e.g. .clone() one of them), or retrace")
         if ref.path:
             target_val = ref.path[-1].val
-            if target_val is not None and views.is_static(target_val) and \
-                    torch._debug_has_internal_overlap(target_val) == 1:
+            if target_val is not None and views.may_overlap(target_val):
                 raise UnsupportedError(
                     "write into a view whose elements overlap in memory (expand, overlapping "
                     "unfold or as_strided): one element would receive several values",
@@ -504,7 +503,7 @@ class Functionalizer:
         if isinstance(v, Multi):
             self.env[node] = v.items[index]
         elif isinstance(v, MultiView):
-            step = views.ViewStep(v.op, v.args, v.kwargs, index, source=node, base_val=v.base_val)
+            step = views.single_output_step(v.op, v.args, v.kwargs, index, node, v.base_val)
             self.env[node] = Ref(v.ref.root, v.ref.path + (step,), _val(node))
         elif isinstance(v, _FreshList):
             new = self.call(operator.getitem, (v.node, index), origin=node, val=_val(node))

@@ -106,5 +106,6 @@ def _to_mode(mode: FakeTensorMode, x):
         # Always a new tensor: running the graph must not mutate the caller's fake values.
         with mode:
             out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        return out.requires_grad_(x.requires_grad) if x.dtype.is_floating_point else out
-    return mode.from_tensor(x)
+        return out
+    # Values carry no autograd state (like make_fx's): only metadata and aliasing matter here.
+    return mode.from_tensor(x.detach())

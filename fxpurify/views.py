@@ -67,6 +67,24 @@ def freeze(value):
     return value
 
 
+def single_output_step(op, args: tuple, kwargs: tuple, index: int, source, base_val) -> ViewStep:
+    """The ``index``-th output of a multi-output view as a single-output view where that is
+    static: ``split``/``split_with_sizes`` → ``slice``, ``unbind`` → ``select``. Fewer nodes,
+    and autograd forbids in-place writes to a base whose multi-output views are still used
+    (a write-back after returning ``x.split(...)[0]`` would break backward)."""
+    b = bind_args(op, (None,) + args, dict(kwargs))
+    if op is aten.split.Tensor and isinstance(b["split_size"], int):
+        size = b["split_size"]
+        return ViewStep(aten.slice.Tensor, (b["dim"], index * size, (index + 1) * size), (), None, source, base_val)
+    if op is aten.split_with_sizes.default and _concrete(b["split_sizes"]):
+        start = sum(b["split_sizes"][:index])
+        return ViewStep(aten.slice.Tensor, (b["dim"], start, start + b["split_sizes"][index]), (), None, source,
+                        base_val)
+    if op is aten.unbind.int:
+        return ViewStep(aten.select.int, (b["dim"], index), (), None, source, base_val)
+    return ViewStep(op, args, kwargs, index, source, base_val)
+
+
 def sizes_of(emitter, node: torch.fx.Node) -> list:
     """The sizes of ``node`` as graph arguments: ints, or ``sym_size`` nodes for symbolic dims
     (a SymInt object must never be baked into a node's arguments)."""
@@ -96,6 +114,33 @@ def same_shape(a, b) -> bool:
 
 def is_static(val) -> bool:
     return all(isinstance(s, int) for s in (*val.shape, *val.stride(), val.storage_offset()))
+
+
+def _hint(x):
+    """An int, or a SymInt's value in the traced example (the overlap pattern of a view does not
+    depend on the particular sizes), or None."""
+    if isinstance(x, int):
+        return x
+    hint = getattr(x.node, "hint", None)
+    return int(hint) if hint is not None else None
+
+
+def may_overlap(val) -> bool:
+    """True unless ``val``'s elements provably occupy distinct memory (static sizes/strides).
+
+    The classic sufficient test: visiting dims by increasing stride, each stride must step over
+    everything the smaller dims span. ``torch._debug_has_internal_overlap`` answers "too hard"
+    for fake tensors, so the check is done here."""
+    sizes, strides = [_hint(x) for x in val.shape], [_hint(x) for x in val.stride()]
+    if None in sizes or None in strides:
+        return False
+    dims = sorted((st, sz) for sz, st in zip(sizes, strides) if sz > 1)
+    span = 0
+    for stride, size in dims:
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def same_metadata(a, b, offset: bool = True) -> bool:
