@@ -53,7 +53,9 @@ import torch
 import torch.fx
 import torch.fx.traceback as fx_traceback
 import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +251,22 @@ def _errors():
     return errors
 
 
+class _ConstantsAsFakeProp(FakeTensorProp):
+    """``FakeTensorProp`` that fakes ``get_attr`` tensors before any op sees them.
+
+    A ``FakeTensorMode`` that allows real inputs runs an op whose tensor arguments are all real
+    *for real*: without this, propagating over ``add_(_tensor_constant0, 1)`` (the
+    ``num_batches_tracked`` of a BatchNorm the traced function closes over) would bump the
+    user's buffer once more.
+    """
+
+    def get_attr(self, target, args, kwargs):
+        val = super().get_attr(target, args, kwargs)
+        if isinstance(val, torch.Tensor) and not isinstance(val, FakeTensor):
+            return self._mode.from_tensor(val, static_shapes=True)
+        return val
+
+
 def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
     """Re-derive every ``meta["val"]`` of a real-mode trace in *one* fake mode.
 
@@ -264,8 +282,6 @@ def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Non
     tensors cannot run), ``make_fx``'s own metadata is kept and a warning logged.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     # A ShapeEnv lets data-dependent ops (nonzero, boolean masks) get unbacked sizes; inputs
@@ -276,7 +292,7 @@ def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Non
         fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                  for x in inputs]
         with torch.no_grad():
-            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+            _ConstantsAsFakeProp(gm, mode).propagate_dont_convert_inputs(*fakes)
     except Exception as e:  # noqa: BLE001 - any failure: fall back to make_fx's metadata
         log.warning("fxpurify.trace: could not unify fake metadata (%s: %s); keeping make_fx's "
                     "per-node metadata, whose storages do not reflect aliasing", type(e).__name__, e)
@@ -468,7 +484,7 @@ def _lowering_inputs(example_inputs: Sequence[Any]):
     Returns ``(fake_mode, inputs, item_values)``.
     """
     from torch._guards import TracingContext, detect_fake_mode
-    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     fake_mode = detect_fake_mode(example_inputs)
@@ -591,7 +607,6 @@ def ensure_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
             "with fxpurify.trace / make_fx, which record it.")
     from torch._guards import detect_fake_mode
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     graph = copy.deepcopy(gm.graph)
     out = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
@@ -599,11 +614,11 @@ def ensure_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
     mode = detect_fake_mode(example_inputs)
     if mode is None:
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        FakeTensorProp(out, mode).propagate(*example_inputs)
+        _ConstantsAsFakeProp(out, mode).propagate(*example_inputs)
     else:
         inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) and getattr(x, "fake_mode", None)
                   is not mode else x for x in example_inputs]
-        FakeTensorProp(out, mode).propagate_dont_convert_inputs(*inputs)
+        _ConstantsAsFakeProp(out, mode).propagate_dont_convert_inputs(*inputs)
     return out
 
 

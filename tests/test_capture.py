@@ -487,3 +487,26 @@ def test_lower_dynamo_graph_keeps_autocast_regions():
     assert not is_torch_level_graph(low)
     (got,) = low(*[e.clone() for e in example_inputs])
     torch.testing.assert_close(got, f(*example_inputs))
+
+
+def test_closed_over_module_state_is_mutated_once_not_twice():
+    # Real mode runs the program, so state reached through a closure (not an input) changes
+    # exactly as one eager call would change it; re-deriving fake metadata must not add a
+    # second update (a fake mode that allows real inputs runs all-real ops for real).
+    bn = nn.BatchNorm1d(3).train()
+    gm = trace(lambda x: bn(x), torch.randn(4, 3))
+    assert int(bn.num_batches_tracked) == 1
+    consts = [getattr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"]
+    assert any(c is bn.num_batches_tracked for c in consts)  # make_fx keeps the object itself
+    before = bn.num_batches_tracked.clone()
+    ensure_fake_metadata(_strip_vals(gm), [torch.randn(4, 3)])
+    assert torch.equal(bn.num_batches_tracked, before)
+
+
+def _strip_vals(gm):
+    import copy as _copy
+
+    out = torch.fx.GraphModule(gm, _copy.deepcopy(gm.graph))
+    for n in out.graph.nodes:
+        n.meta.pop("val", None)
+    return out
