@@ -319,7 +319,7 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
         try:
             inputs = w.make_inputs()
             if v in COMPILE_VARIANTS:
-                f = _compile(v, w.fn)
+                f = _compile(v, w.compile_fn or w.fn)
                 t0 = time.perf_counter()
                 out = _step(f, inputs, w, backward)
                 r.compile_s = time.perf_counter() - t0

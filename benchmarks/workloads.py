@@ -13,6 +13,7 @@ everything for the CI smoke test.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -34,6 +35,7 @@ class Workload:
     trace_kwargs: dict = dataclasses.field(default_factory=dict)
     group: str = "model"          # "model" | "scaling"
     compile_ok: bool = True       # run the torch.compile variants on it
+    compile_fn: Callable[..., Any] | None = None  # what torch.compile gets, if not `fn`
 
 
 def _module_workload(name: str, desc: str, model: nn.Module, inputs: tuple, *, train: bool,
@@ -96,9 +98,41 @@ def _cnn_train(quick: bool) -> Workload:
         f"{ch} ch, {batch}x3x{hw}x{hw}", model, (x,), train=True)
 
 
-def _optimizer(kind: str, foreach: bool, quick: bool) -> Workload:
-    from fxpurify.models import make_optimizer_step
+@contextlib.contextmanager
+def _capturable_on_cpu():
+    """``torch.optim`` refuses ``capturable=True`` on CPU unless ``torch.compiler.is_compiling()``;
+    the math does not depend on the device, so eager and tracing set the flag (as
+    ``fxpurify.models`` does). Never used under ``torch.compile``: Dynamo would guard on the
+    global flag, see it change on every exit, and recompile on every call."""
+    old = getattr(torch.compiler, "_is_compiling_flag", None)
+    if old is None:
+        yield
+        return
+    torch.compiler._is_compiling_flag = True
+    try:
+        yield
+    finally:
+        torch.compiler._is_compiling_flag = old
 
+
+def _adam_step(kind: str, foreach: bool, *, set_flag: bool) -> Callable:
+    from torch.optim.adam import adam
+    from torch.optim.adamw import adamw
+
+    fn = {"adam": adam, "adamw": adamw}[kind]
+    wd = 0.0 if kind == "adam" else 1e-2
+
+    def step(params, grads, exp_avgs, exp_avg_sqs, state_steps):
+        flag = _capturable_on_cpu() if set_flag else contextlib.nullcontext()
+        with torch.no_grad(), flag:
+            fn(params, grads, exp_avgs, exp_avg_sqs, [], state_steps, foreach=foreach,
+               capturable=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=1e-3,
+               weight_decay=wd, eps=1e-8, maximize=False)
+
+    return step
+
+
+def _optimizer(kind: str, foreach: bool, quick: bool) -> Workload:
     n = 10 if quick else 100
     shapes = [(64, 64), (64,), (128, 64), (256,)] if not quick else [(8, 8), (8,)]
     torch.manual_seed(0)
@@ -106,15 +140,16 @@ def _optimizer(kind: str, foreach: bool, quick: bool) -> Workload:
     base = ([torch.randn(s) for s in shp], [torch.randn(s) for s in shp],
             [torch.randn(s).abs() * 0.1 for s in shp], [torch.rand(s) * 0.01 for s in shp],
             [torch.tensor(3.0) for _ in shp])
-    step = make_optimizer_step(kind, foreach)
     flat, spec = tree_flatten(base)
     n_params = len(base[0])
 
-    def fn(*flat_args):
-        step(*tree_unflatten(list(flat_args), spec))
-        return ()
+    def flat_step(step):
+        def fn(*flat_args):
+            step(*tree_unflatten(list(flat_args), spec))
+            return ()
 
-    fn.__name__ = f"{kind}_step"
+        fn.__name__ = f"{kind}_step"
+        return fn
 
     def make_inputs():
         out = [t.clone() for t in flat]
@@ -125,8 +160,10 @@ def _optimizer(kind: str, foreach: bool, quick: bool) -> Workload:
     nbytes = sum(t.numel() * 4 for t in base[0])
     name = f"{kind}{'_foreach' if foreach else ''}"
     return Workload(name, f"{kind} step, {n} params ({nbytes / 2**20:.2f} MiB), "
-                    f"foreach={foreach}, capturable=True", fn, make_inputs, train=False,
-                    no_grad=True, trace_kwargs={"pre_dispatch": True})
+                    f"foreach={foreach}, capturable=True", flat_step(_adam_step(kind, foreach,
+                                                                              set_flag=True)),
+                    make_inputs, train=False, no_grad=True, trace_kwargs={"pre_dispatch": True},
+                    compile_fn=flat_step(_adam_step(kind, foreach, set_flag=False)))
 
 
 def _gpt2_train(quick: bool) -> Workload:

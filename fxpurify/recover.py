@@ -306,6 +306,15 @@ class _Analysis:
     has_call_module: bool
     # write -> the (begin, end) grad-mode bracket of the epilogue it sits in, if any
     bracket: dict[fx.Node, tuple[fx.Node, fx.Node]]
+    # static grad mode in force right after each node: True / False / CALLER / UNKNOWN
+    mode_after: dict[fx.Node, Any]
+    # node -> (mode before its bracket's begin, or before the node when not in a bracket;
+    #          the last constant grad-mode switch inside the bracket before the node, or None)
+    write_mode: dict[fx.Node, tuple]
+
+    def known(self, c: fx.Node) -> bool:
+        base, explicit = self.write_mode[c]
+        return base is not UNKNOWN and explicit is not UNKNOWN
 
 
 def _is_bracket_begin(node: fx.Node) -> bool:
@@ -344,6 +353,43 @@ def _brackets(graph: fx.Graph) -> dict[fx.Node, tuple[fx.Node, fx.Node]]:
     return out
 
 
+class _Mode(str):
+    pass
+
+
+CALLER = _Mode("caller")     # whatever grad mode the graph was called under
+UNKNOWN = _Mode("unknown")   # set from a runtime value we cannot follow
+
+
+def _grad_modes(graph: fx.Graph, brackets: dict) -> tuple[dict, dict]:
+    """Grad modes followed statically through ``_set_grad_enabled`` nodes (pre-dispatch graphs
+    record ``no_grad`` regions as constant switches).
+
+    Returns ``mode_after`` (the mode after each node) and ``write_mode`` (for each node, the
+    mode its bracket starts from and the last constant switch inside the bracket before it).
+    ``begin_write_back`` may switch the mode at run time (UNKNOWN after it); its end restores
+    the mode the begin found."""
+    mode_after: dict[fx.Node, Any] = {}
+    write_mode: dict[fx.Node, tuple] = {}
+    mode: Any = CALLER
+    ends = {e: b for b, e in brackets.values()}
+    base: Any = None          # mode before the open bracket's begin
+    explicit: Any = None      # last switch inside the open bracket
+    for n in graph.nodes:
+        write_mode[n] = (base, explicit) if base is not None else (mode, None)
+        if _is_bracket_begin(n) and n in {b for b, _ in brackets.values()}:
+            base, explicit, mode = mode, None, UNKNOWN
+        elif n in ends:
+            mode, base, explicit = base, None, None
+        elif n.op == "call_function" and n.target is torch._C._set_grad_enabled:
+            arg = n.args[0] if n.args else None
+            mode = arg if isinstance(arg, bool) else UNKNOWN
+            if base is not None:
+                explicit = mode
+        mode_after[n] = mode
+    return mode_after, write_mode
+
+
 def _analyse(graph: fx.Graph) -> _Analysis:
     pos = {n: i for i, n in enumerate(graph.nodes)}
     roots = _alias_roots(graph)
@@ -353,7 +399,8 @@ def _analyse(graph: fx.Graph) -> _Analysis:
             for r in roots.get(w, frozenset({w})):
                 written.setdefault(r, []).append(n)
     has_cm = any(n.op == "call_module" for n in graph.nodes)
-    return _Analysis(pos, roots, written, has_cm, _brackets(graph))
+    brackets = _brackets(graph)
+    return _Analysis(pos, roots, written, has_cm, brackets, *_grad_modes(graph, brackets))
 
 
 def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
@@ -370,25 +417,61 @@ def _last_reads(graph: fx.Graph, an: _Analysis, targets: set[fx.Node]) -> dict:
     return reads
 
 
-def _insert_write(graph: fx.Graph, after: fx.Node, make, bracket) -> fx.Node:
-    """Insert the write built by ``make(at)`` after ``after``, inside its own clone of the
-    epilogue's bracket when it came from one (same begin and end functions, same arguments), so
-    it runs under exactly the grad mode and version-counter treatment it had in the epilogue.
+def _caller_mode(graph: fx.Graph) -> fx.Node:
+    """A node holding the caller's grad mode, read once at the top of the graph."""
+    for n in graph.nodes:
+        if n.op == "call_function" and n.target is torch.is_grad_enabled and not n.args:
+            return n
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    with graph.inserting_before(first):
+        return graph.call_function(torch.is_grad_enabled, ())
 
-    Returns the last node inserted."""
-    if bracket is None:
-        return make(after)
-    begin, end = bracket
-    with graph.inserting_after(after):
-        b = graph.call_function(begin.target, begin.args, begin.kwargs)
-    b.meta = copy.copy(begin.meta)
-    last = make(b)
-    args = fx.map_arg(end.args, lambda a: b if a is begin else a)
-    kwargs = fx.map_arg(end.kwargs, lambda a: b if a is begin else a)
-    with graph.inserting_after(last):
-        e = graph.call_function(end.target, args, kwargs)
-    e.meta = copy.copy(end.meta)
-    return e
+
+def _insert_write(graph: fx.Graph, after: fx.Node, make, bracket, mode_from: Any,
+                  write_mode: tuple) -> fx.Node:
+    """Insert the write built by ``make(at)`` after ``after`` so that it runs exactly as it did
+    in the epilogue.
+
+    ``write_mode`` is ``(base, explicit)`` from :func:`_grad_modes`. Emitted::
+
+        _set_grad_enabled(base)       # only if the mode here differs from the epilogue's
+        b = begin_write_back(...)     # clone: same decision, same version bookkeeping
+        _set_grad_enabled(explicit)   # only if the epilogue switched before this write
+        <the write>
+        end_write_back(b)             # restores `base`
+        _set_grad_enabled(mode_from)  # only if we switched above
+
+    (without a bracket, just the switches around the write). Returns the last node inserted."""
+    at = after
+    base, explicit = write_mode
+
+    def emit(target, args):
+        nonlocal at
+        with graph.inserting_after(at):
+            at = graph.call_function(target, args)
+        return at
+
+    def as_arg(mode):
+        return _caller_mode(graph) if mode is CALLER else mode
+
+    switch = mode_from != base
+    if switch:
+        emit(torch._C._set_grad_enabled, (as_arg(base),))
+    if bracket is not None:
+        begin, end = bracket
+        b = emit(begin.target, begin.args)
+        b.meta = copy.copy(begin.meta)
+    if explicit is not None:
+        emit(torch._C._set_grad_enabled, (as_arg(explicit),))
+    at = make(at)
+    if bracket is not None:
+        e = emit(end.target, fx.map_arg(end.args, lambda a: b if a is begin else a))
+        e.meta = copy.copy(end.meta)
+    elif explicit is not None:
+        emit(torch._C._set_grad_enabled, (as_arg(base),))
+    if switch:
+        emit(torch._C._set_grad_enabled, (as_arg(mode_from),))
+    return at
 
 
 def _drop_empty_brackets(graph: fx.Graph) -> None:
@@ -433,6 +516,14 @@ def _last_old_read(reads: list[int], limit: int, skip: set[int]) -> int:
     return last
 
 
+def _movable_to(an: _Analysis, after: fx.Node, c: fx.Node) -> bool:
+    """A write may land after ``after`` if both grad modes involved are statically known and
+    ``after`` is not inside an epilogue bracket (writes there already run as emitted)."""
+    if an.mode_after.get(after) is UNKNOWN or not an.known(c):
+        return False
+    return after not in an.bracket and not _is_bracket_begin(after)
+
+
 def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
     graph = gm.graph
     an = _analyse(graph)
@@ -450,15 +541,15 @@ def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
             continue  # v aliases a written input: moving c would change what it reads
         pc = an.pos[c]
         anchor = max(an.pos[v], _last_old_read(reads[p], pc, {pc}), an.pos[p])
-        if anchor + 1 >= pc:
+        if anchor + 1 >= pc or not _movable_to(an, nodes[anchor], c):
             continue
         moves.append((c, p, v, nodes[anchor], pc - anchor - 1))
     # Writes that land after the same node share one bracket, in their original order.
     groups: dict[tuple, list] = {}
     for mv in moves:
         c = mv[0]
-        groups.setdefault((mv[3], an.bracket.get(c)), []).append(mv)
-    for (after, bracket), group in groups.items():
+        groups.setdefault((mv[3], an.bracket.get(c), an.write_mode[c]), []).append(mv)
+    for (after, bracket, write_mode), group in groups.items():
 
         def make(at, group=group):
             for c, *_ in group:
@@ -466,7 +557,7 @@ def _early_writeback(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
                 at = c
             return at
 
-        _insert_write(graph, after, make, bracket)
+        _insert_write(graph, after, make, bracket, an.mode_after[after], write_mode)
         for c, p, v, _, distance in group:
             records.append(RecoveryRecord(
                 "early_writeback", p.name, c.name,
@@ -580,6 +671,8 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
                      + [an.pos[a] for a in leaves])
         if any(an.pos[u] <= anchor for u in s.users if u is not c):
             continue  # a reader of the new value sits before the last reader of the old one
+        if not _movable_to(an, nodes[anchor], c):
+            continue
         plans.append((c, p, s, chain, dead, nodes[anchor]))
     for c, p, s, chain, dead, after in plans:
         new_nodes: list[fx.Node] = []
@@ -593,7 +686,8 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
                 new_nodes.append(cur)
             return cur
 
-        _insert_write(graph, after, make, an.bracket.get(c))
+        _insert_write(graph, after, make, an.bracket.get(c), an.mode_after[after],
+                      an.write_mode[c])
         for n in new_nodes:
             n.meta["fxpurify_recover"] = f"in place of {s.name} ({s.target})"
             if "stack_trace" in s.meta:
