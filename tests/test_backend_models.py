@@ -18,6 +18,8 @@ SLOW = pytest.mark.skipif(not os.environ.get("FXPURIFY_SLOW"),
                           reason="slow Inductor CPU compile; run with FXPURIFY_SLOW=1")
 needs_hf = pytest.mark.skipif(not models.has_transformers(), reason="needs transformers")
 INNERS = ["eager", "inductor"]
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +51,11 @@ def assert_purified():
 # CNN: train-mode BatchNorm (hidden running-stat writes) + ReLU(inplace=True) + out += identity
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("inner", INNERS)
-def test_cnn_train_steps_match_eager(inner):
+def test_cnn_train_steps_match_eager(inner, device):
     ref, (x,) = models.build("cnn")
+    ref, x = ref.to(device), x.to(device)
     model = copy.deepcopy(ref)
     step = purify_compile(model, inner)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
@@ -75,9 +79,11 @@ def test_cnn_train_steps_match_eager(inner):
 # built-in decoder block with an in-place static KV cache
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("inner", INNERS)
-def test_kv_block_decode_steps_match_eager(inner):
+def test_kv_block_decode_steps_match_eager(inner, device):
     ref, (x, pos) = models.build("kv_block")
+    ref, x, pos = ref.to(device), x.to(device), pos.to(device)
     model = copy.deepcopy(ref)
     step = purify_compile(model, inner)
     with torch.no_grad():
