@@ -458,3 +458,38 @@ def test_moved_writes_keep_the_epilogue_grad_mode():
         torch.testing.assert_close(a.detach(), b.detach())
     assert all(t.is_leaf and t.grad_fn is None for t in ga[0])
     assert torch.is_grad_enabled()
+
+
+def test_moved_write_keeps_grad_mode_across_no_grad_region():
+    """The write's value is ready inside a no_grad region, but the epilogue wrote under grad
+    mode: moved there, the copy must switch grad back on (autograd history of a non-leaf
+    input: CopyBackwards, as in the pure graph), then off again for the rest of the region."""
+
+    def build(g):
+        p, x = g.placeholder("p"), g.placeholder("x")
+        g.call_function(torch._C._set_grad_enabled, (False,))
+        v = g.call_function(aten.add.Tensor, (p, 1))
+        z = g.call_function(aten.mul.Tensor, (x, 3))   # still under no_grad
+        g.call_function(torch._C._set_grad_enabled, (True,))
+        y = g.call_function(aten.mul.Tensor, (x, 2))
+        g.call_function(aten.copy_.default, (p, v))
+        return (y, z)
+
+    gm = _graph(build)
+    rec = recover_memory(gm)
+    assert [r.kind for r in records_of(rec)] == ["early_writeback"]
+
+    def run(m):
+        w = torch.ones(3, requires_grad=True)
+        p = w * 1  # a non-leaf input that requires grad
+        x = torch.ones(3, requires_grad=True)
+        y, z = m(p, x)
+        assert not z.requires_grad  # the region after the moved write is still no_grad
+        (p.sum() * 2 + y.sum()).backward()
+        return type(p.grad_fn).__name__, w.grad, x.grad, p.detach()
+
+    ref, got = run(gm), run(rec)
+    assert got[0] == ref[0] == "CopyBackwards"
+    torch.testing.assert_close(got[1], ref[1])
+    torch.testing.assert_close(got[2], ref[2])
+    torch.testing.assert_close(got[3], ref[3])
