@@ -355,6 +355,7 @@ class _Run:
     aliasing: dict[int, list[int]]
     extra_state: dict[str, torch.Tensor]
     extra_leaves: dict[str, torch.Tensor]
+    grad_mode_leak: bool = False
     backward_error: BaseException | None = None
     grads: dict[str, torch.Tensor | None] = dataclasses.field(default_factory=dict)
 
@@ -365,6 +366,7 @@ def _run(fn: Callable, inputs, seed: int, side: str, grads: bool, extra: Callabl
     keys_before = _input_keys(flat_in)
     devices = sorted({x.device.index or 0 for x in flat_in
                       if isinstance(x, torch.Tensor) and x.device.type == "cuda"})
+    grad_mode = torch.is_grad_enabled()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         try:
@@ -372,10 +374,16 @@ def _run(fn: Callable, inputs, seed: int, side: str, grads: bool, extra: Callabl
         except Exception as e:
             e.add_note(f"(raised by the {side} inside fxpurify.verify)")
             raise
+        finally:
+            # A callable that leaves grad mode changed breaks everything its caller runs next;
+            # restore it (so one bad run cannot poison the next) and report it below.
+            leaked = torch.is_grad_enabled() != grad_mode
+            torch.set_grad_enabled(grad_mode)
     flat_out = pytree.tree_leaves(_normalize(out))
     extra_state, extra_leaves = extra() if extra is not None else ({}, {})
     run = _Run(out, flat_out, cloned.inputs, cloned,
-               _aliasing(flat_out, keys_before, _input_keys(flat_in)), extra_state, extra_leaves)
+               _aliasing(flat_out, keys_before, _input_keys(flat_in)), extra_state, extra_leaves,
+               grad_mode_leak=leaked)
     if grads:
         _backward(run)
     return run
@@ -407,6 +415,9 @@ def _backward(run: _Run) -> None:
 def _compare_runs(ref: _Run, cand: _Run, *, grads: bool, check_aliasing: bool, rtol, atol,
                   check_stride: bool, summary: Comparison) -> list[str]:
     mm: list[str] = []
+    if cand.grad_mode_leak and not ref.grad_mode_leak:
+        mm.append("the candidate returned with the global grad mode changed "
+                  "(torch.is_grad_enabled() differs from before the call)")
     # 1. outputs
     ref_struct = pytree.tree_structure(_normalize(ref.outputs))
     cand_struct = pytree.tree_structure(_normalize(cand.outputs))

@@ -344,3 +344,13 @@ def test_cuda_inputs_keep_device_aliasing_and_rng():
     compare_with_eager(f, f, [a, b], rtol=0, atol=0)
     with pytest.raises(VerificationError):
         compare_with_eager(f, lambda x, y: f(x.clone(), y), [a, b])
+
+
+def test_detects_a_candidate_that_leaks_grad_mode():
+    def leaky(x):
+        torch.set_grad_enabled(False)
+        return x * 2
+    assert torch.is_grad_enabled()
+    out = _mismatches(lambda x: x * 2, leaky, [torch.randn(3)])
+    assert "grad mode" in out
+    assert torch.is_grad_enabled()  # restored for whatever runs next

@@ -328,9 +328,13 @@ def t_view(c: _Ctx):
 
 
 _UNARY = ["{a}.sin()", "{a}.tanh()", "{a}.sigmoid()", "{a} * 2", "{a}.relu()", "{a}.abs()",
-          "-{a}", "{a}.clamp(-1, 1)", "{a}.clone()", "{a}.contiguous()", "{a}.exp()",
+          "-{a}", "{a}.clamp(-1, 1)", "{a}.clone()", "{a}.exp()",
           "{a} * {a}", "{a}.cumsum(0)", "{a}.sum(0)", "{a}.mean()", "{a}.softmax(-1)",
-          "{a}.to(torch.float64)", "{a}.reshape(-1)", "{a}.t().contiguous()", "{a}.flip(0)"]
+          "{a}.flip(0)"]
+# Ops that return their input itself or a view of it when they can, and a copy otherwise: in
+# the out-of-place twin they must stay as they are (a clone would break the aliasing).
+_MAYBE_ALIAS = ["{a}.contiguous()", "{a}.to(torch.float64)", "{a}.reshape(-1)",
+                "{a}.t().contiguous()"]
 _BINARY = ["{a} + {b}", "{a} * {b}", "{a} - 2 * {b}", "torch.where({a} > 0, {a}, {b})",
            "torch.maximum({a}, {b})", "{a} / (1 + {b}.abs())", "torch.add({a}, {b}, alpha=0.5)"]
 
@@ -340,6 +344,9 @@ def t_compute(c: _Ctx):
     if a is None:
         return None
     new = c.new()
+    if c.rng.random() < 0.15:
+        src = f"{new} = {c.rng.choice(_MAYBE_ALIAS).format(a=a)}"
+        return ("view", src, src, (new,), "maybe_alias")
     if c.rng.random() < 0.5:
         tmpl, names = c.rng.choice(_UNARY), {"a": a}
     else:
