@@ -21,7 +21,7 @@ import operator
 import torch
 import torch.fx
 
-from . import runtime
+from . import runtime, views
 from .functionalize import Functionalizer, Multi, Poisoned, Ref, _FreshList, _val
 from .ops import op_info
 from .errors import UnsupportedError
@@ -117,6 +117,8 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
                                    pattern="metadata-mutation-buffer", hint="use an out-of-place view")
         shaped = fz.replay(root.input_node, ref.path)
         val = _val(shaped)
+        if views.same_metadata(val, _val(root.input_node)):
+            continue   # metadata changed and changed back: nothing for the caller to see
         size, stride, offset = list(val.shape), list(val.stride()), val.storage_offset()
         if not all(isinstance(s, int) for s in size + stride + [offset]):
             raise UnsupportedError("metadata mutation of an input with symbolic sizes", ref.path[-1].source,

@@ -171,7 +171,7 @@ class Functionalizer:
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
-             val=None):
+             val=None, fallback_val=None):
         node = self.graph.call_function(target, tuple(args), dict(kwargs or {}))
         if origin is not None:
             for key in ("stack_trace", "nn_module_stack", "source_fn_stack", "seq_nr", "original_aten"):
@@ -179,7 +179,16 @@ class Functionalizer:
                     node.meta[key] = origin.meta[key]
         if val is None and target in views.SCATTERS:
             val = views.scatter_value(args[0].meta["val"])
-        node.meta["val"] = val if val is not None else self._fake_run(node)
+        if val is None:
+            try:
+                val = self._fake_run(node)
+            except Exception:
+                # Some meta kernels fail on symbolic inputs where the in-place op traced fine
+                # (e.g. addcmul with a 0-dim operand): the in-place result describes it.
+                if fallback_val is None:
+                    raise
+                val = fallback_val
+        node.meta["val"] = val
         if note:
             node.meta["fxpurify"] = note
         return node
@@ -584,7 +593,8 @@ class Functionalizer:
             new = self._random_in_memory_order(variant.target, args, kwargs, node)
         else:
             new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
-                            val=self._same_as_self(node, op, info, bound))
+                            val=self._same_as_self(node, op, info, bound),
+                            fallback_val=_val(node) if info.written == ("self",) and not info.fresh_returns else None)
         if grad_link:
             new = self._keep_grad_link(new, old_self, node)
         nvals = info.fresh_returns + len(info.written)
@@ -781,6 +791,9 @@ class Functionalizer:
             raise UnsupportedError(f"metadata mutation {op} has no view equivalent", node,
                                    pattern="metadata-mutation", hint="use the out-of-place view op")
         ref = self.ref_of(node.args[0], node)
+        if views.same_metadata(_val(node), ref.val):   # e.g. as_strided_ to the same layout
+            self.env[node] = ref
+            return
         args = views.freeze(tuple(self.read_arg(a) for a in node.args[1:]))
         kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
         step = views.ViewStep(view_op, args, kwargs, None, source=node, base_val=ref.val)
