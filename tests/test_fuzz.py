@@ -294,7 +294,41 @@ def out_under_no_grad_on_tensor_requiring_grad(x):
     return t
 
 
+def metadata_mutation_after_self_copy_of_input(x):
+    x.copy_(x.float())
+    x.unsqueeze_(0)
+    return x
+
+
+def write_into_slice_of_expanded_input(x):
+    t = x.unsqueeze(0).expand(2, -1, -1)
+    t[1:] += 1.0
+    return t.softmax(-1)
+
+
+def as_strided_fill_of_non_leaf_input(x):
+    x.as_strided((1, 3), (1, 1), 5).fill_(2.0)
+    return x
+
+
+def write_through_detached_alias_with_grad_operands(x):
+    t = x.detach()
+    t.addcmul_(x, x.sum(), value=0.5)
+    return t
+
+
+def metadata_mutation_through_flatten_of_1d_input(x):
+    t = x.flatten()  # a 1-d tensor's flatten() is the tensor itself
+    t.unsqueeze_(0)
+    return x * 1
+
+
 _CASES = [
+    ("metadata_mutation_after_self_copy_of_input", metadata_mutation_after_self_copy_of_input, lambda: [_r(5, 5).mT], {"pre_dispatch": True}),
+    ("write_into_slice_of_expanded_input", write_into_slice_of_expanded_input, lambda: [_r(5, 5)], {}),
+    ("as_strided_fill_of_non_leaf_input", as_strided_fill_of_non_leaf_input, lambda: [_leaf(4, 1, 3) * 1], {}),
+    ("write_through_detached_alias_with_grad_operands", write_through_detached_alias_with_grad_operands, lambda: [_leaf(3, 4, 5)], {}),
+    ("metadata_mutation_through_flatten_of_1d_input", metadata_mutation_through_flatten_of_1d_input, lambda: [_r(12)[::2]], {"pre_dispatch": True}),
     # name, fn, inputs factory, options
     ("bernoulli_on_transposed_input", bernoulli_on_transposed_input, lambda: [_r(3, 3).mT], {}),
     ("dropout_inplace_on_transposed", dropout_inplace_on_transposed, lambda: [_r(4, 6)], {}),
@@ -313,6 +347,19 @@ _CASES = [
 
 
 _BUGS = {
+    "metadata_mutation_after_self_copy_of_input": "core: an input's metadata mutation after a "
+                                                  "copy_ onto itself is lost (shape differs)",
+    "write_into_slice_of_expanded_input": "core: the purified graph raises 'more than one element "
+                                          "of the written-to tensor refers to a single memory "
+                                          "location' (crash instead of result or refusal)",
+    "as_strided_fill_of_non_leaf_input": "core: wrong gradient through an as_strided write into a "
+                                         "non-leaf input",
+    "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
+                                                       "operands that require grad loses "
+                                                       "requires_grad",
+    "metadata_mutation_through_flatten_of_1d_input": "core: flatten() of a 1-d tensor returns the "
+                                                     "tensor itself; a metadata mutation of it "
+                                                     "must reach the input",
     "normal_on_strided_input": "core: random in-place op on a non-dense input draws values in a "
                                "different element order than eager (silently wrong)",
     "out_into_fresh_float32_from_float64": "core: out= into a fresh tensor that must be resized "
