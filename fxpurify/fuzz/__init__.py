@@ -2,7 +2,8 @@
 
 Beside the pipeline, not inside it. Stages, one module each:
 
-    generate (random mutating program, as Python source, in-place and out-of-place forms)
+    generate (random mutating program, as Python source, in-place and out-of-place forms;
+              statement templates in templates.py, shapes in shapes.py)
       → runner (exec → make_fx with mutations kept → purify → check_pure → compare_with_eager)
       → reduce (delta debugging over statements, for failures only)
       → __main__ (the ``python -m fxpurify.fuzz --seed S --count N`` command and its summary)
