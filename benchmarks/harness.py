@@ -155,8 +155,15 @@ def anchor_graph(w: Workload, gm: fx.GraphModule) -> fx.GraphModule:
     from torch.fx.experimental.proxy_tensor import make_fx
 
     mode = w.trace_kwargs.get("tracing_mode", "real")
-    return make_fx(torch.func.functionalize(gm, remove="mutations_and_views"),
-                   tracing_mode=mode)(*w.make_inputs())
+    # The re-trace ends by writing the new values into the (real) inputs, under whatever grad
+    # mode the graph's own `_set_grad_enabled` nodes left on; a leaf parameter that requires
+    # grad refuses that. The ATen graph does not depend on requires_grad, so trace on detached
+    # inputs.
+    inputs = [t.detach() if isinstance(t, torch.Tensor) else t for t in w.make_inputs()]
+    ctx = torch.no_grad() if w.no_grad else contextlib.nullcontext()
+    with ctx:
+        return make_fx(torch.func.functionalize(gm, remove="mutations_and_views"),
+                       tracing_mode=mode)(*inputs)
 
 
 def floor_walk(gm: fx.GraphModule) -> fx.GraphModule:

@@ -93,6 +93,17 @@ in-place write to ``p`` is legal (inputs requiring grad go through ``write_back_
 version bump happens after every reader of the old value exactly as with the epilogue copy,
 and none of these scatters' backward formulas needs the old ``self``.
 
+B'. In-place final write (elementwise chains)
+--------------------------------------------
+The same rule, for any chain ``s = op_k(...op_1(p, ...)..., ...)`` whose links all have an
+in-place sibling (by schema; random ops excluded) and keep ``p``'s layout, when each link is
+read only by the next and ``s`` only by its copy into ``p`` (``p.mul_(0.9).add_(g)``, Adam's
+``param.addcdiv_``): emit ``op_1_(p, ...); ...; op_k_(p, ...)`` at ``P``. Soundness is that of B
+(no reader of the new value other than the copy, so nothing else changes), plus grad mode:
+every link must have run under the mode the write runs under (statically known), so the
+in-place chain records the same autograd history the out-of-place chain plus copy did.
+Reported as ``inplace_write``; enabled with ``inplace_scatter``.
+
 C. The epilogue's bracket
 -------------------------
 The core emits its write-backs inside ``b = begin_write_back(...) ... end_write_back(b)``:
@@ -174,33 +185,40 @@ _COPY = aten.copy_.default
 
 # ----------------------------------------------------------------------------- op knowledge
 
-_sibling_cache: dict[Any, Any] = {}
+_sibling_cache: dict[tuple, Any] = {}
 
 
-def _inplace_sibling(op: Any) -> Any | None:
+def _inplace_sibling(op: Any, any_op: bool = False) -> Any | None:
     """``aten.foo.ov`` -> ``aten.foo_.ov`` when both exist with the same argument types.
 
     Found by name, then confirmed by schema (the habit of ``torch/fx/passes/reinplace.py``):
-    the in-place overload must take the same arguments and write only ``self``.
+    the in-place overload must take the same arguments and write only ``self``. By default only
+    the index/scatter family (``_INDEX_SCATTER_NAMES``); ``any_op=True`` accepts any op except
+    random ones (their in-place forms may draw differently: DESIGN pitfall 10) and views.
     """
-    if op in _sibling_cache:
-        return _sibling_cache[op]
+    key = (op, any_op)
+    if key in _sibling_cache:
+        return _sibling_cache[key]
     found = None
-    if isinstance(op, torch._ops.OpOverload) and op.__name__.split(".")[0] in _INDEX_SCATTER_NAMES:
+    if isinstance(op, torch._ops.OpOverload):
         name = op._schema.name.split("::")[-1]
-        packet = getattr(aten, name + "_", None)
-        ov = op._overloadname
-        cand = getattr(packet, ov, None) if packet is not None else None
-        if cand is not None:
+        family = name in _INDEX_SCATTER_NAMES
+        plain = (any_op and torch.Tag.nondeterministic_seeded not in op.tags
+                 and len(op._schema.returns) == 1 and op._schema.returns[0].alias_info is None
+                 and not op._schema.is_mutable)
+        packet = getattr(aten, name + "_", None) if (family or plain) else None
+        cand = getattr(packet, op._overloadname, None) if packet is not None else None
+        if cand is not None and torch.Tag.inplace_view not in cand.tags:
             a, b = op._schema.arguments, cand._schema.arguments
-            same = len(a) == len(b) and all(str(x.type) == str(y.type) for x, y in zip(a, b))
+            same = len(a) == len(b) and all(str(x.type) == str(y.type) and x.name == y.name
+                                            for x, y in zip(a, b))
             writes_self_only = (
                 b[0].alias_info is not None and b[0].alias_info.is_write
                 and all(x.alias_info is None for x in b[1:])
             )
             if same and writes_self_only:
                 found = cand
-    _sibling_cache[op] = found
+    _sibling_cache[key] = found
     return found
 
 
@@ -605,7 +623,7 @@ def _plan_scatter(s: fx.Node, base: fx.Node, chain: list, leaves: list, dead: li
         if s.kwargs or len(s.args) < 2:
             return False
         src, view_args = s.args[1], tuple(s.args[2:])
-        chain.append(("view", spec.view, view_args))
+        chain.append(("view", spec.view, view_args, {}))
         # Nested: src = scatter'(view(base, *view_args), src', ...) used only here.
         if (isinstance(src, fx.Node) and len(src.users) == 1
                 and (src.target in _VIEW_SCATTERS or _inplace_sibling(src.target) is not None)
@@ -615,13 +633,13 @@ def _plan_scatter(s: fx.Node, base: fx.Node, chain: list, leaves: list, dead: li
             if len(inner_base.users) == 1:
                 dead.append(inner_base)
             return _plan_scatter(src, inner_base, chain, leaves, dead)
-        chain.append(("copy", _COPY, (src,)))
+        chain.append(("copy", _COPY, (src,), {}))
         leaves.append(src)
         return True
     sib = _inplace_sibling(t)
     if sib is None or s.kwargs:
         return False
-    chain.append(("inplace", sib, tuple(s.args[1:])))
+    chain.append(("inplace", sib, tuple(s.args[1:]), {}))
     leaves.extend(a for a in tree_leaves(s.args[1:]) if isinstance(a, fx.Node))
     return True
 
@@ -639,12 +657,62 @@ def _is_old_value_of(node: Any, p: fx.Node) -> bool:
             and "fxpurify" in getattr(node.target, "__module__", ""))
 
 
+def _effective_mode(an: _Analysis, c: fx.Node) -> Any:
+    """The grad mode the epilogue write ``c`` runs under, when static (else UNKNOWN)."""
+    base, explicit = an.write_mode[c]
+    if explicit is not None:
+        return explicit
+    if c not in an.bracket or base is False:  # begin_write_back only ever turns grad off
+        return base
+    return UNKNOWN
+
+
+def _plan_chain(s: fx.Node, p: fx.Node, c: fx.Node, an: _Analysis, chain: list, leaves: list,
+                dead: list) -> bool:
+    """Plan ``op1_(p, ...); op2_(p, ...); ...`` for ``s = op2(op1(old_value(p), ...), ...)``.
+
+    Every link must have an in-place sibling (by schema), be read only by the next link (``s``
+    only by its copy into ``p``), keep ``p``'s layout, and have run under the grad mode the
+    write runs under — so running the whole chain in place, under that mode, gives ``p`` the
+    same values and the same autograd history as computing it out of place and copying it in.
+    """
+    links = []
+    cur = s
+    mode = _effective_mode(an, c)
+    if mode is UNKNOWN or set(s.users) != {c}:
+        return False
+    while True:
+        if cur.op != "call_function" or not cur.args:
+            return False
+        sib = _inplace_sibling(cur.target, any_op=True)
+        if sib is None or not _same_layout(_val(cur), _val(p)):
+            return False
+        if an.mode_after.get(cur.prev) != mode:
+            return False
+        links.append((cur, sib))
+        base = cur.args[0]
+        if _is_old_value_of(base, p):
+            if base is not p and len(base.users) == 1:
+                dead.append(base)
+            break
+        if not (isinstance(base, fx.Node) and base.op == "call_function"
+                and set(base.users) == {cur}):
+            return False
+        cur = base
+    for node, sib in reversed(links):
+        chain.append(("inplace", sib, tuple(node.args[1:]), dict(node.kwargs)))
+        leaves.extend(a for a in tree_leaves((node.args[1:], node.kwargs))
+                      if isinstance(a, fx.Node))
+        if node is not s:
+            dead.append(node)
+    return True
+
+
 def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
     graph = gm.graph
     an = _analyse(graph)
     cands = [(c, p, s) for c, p, s in _copy_candidates(graph, an, plain_only=True)
-             if isinstance(s, fx.Node) and s.op == "call_function" and s.args
-             and _is_old_value_of(s.args[0], p)]
+             if isinstance(s, fx.Node) and s.op == "call_function" and s.args]
     if not cands:
         return
     reads = _last_reads(graph, an, {p for _, p, _ in cands})
@@ -655,9 +723,13 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
         chain: list = []
         leaves: list = []
         dead: list = [s]
-        if s.args[0] is not p and len(s.args[0].users) == 1:
-            dead.append(s.args[0])  # old_value(p) read only by s: gone with it
-        if not _plan_scatter(s, s.args[0], chain, leaves, dead):
+        scatter = (s.target in _VIEW_SCATTERS or _inplace_sibling(s.target) is not None)
+        if scatter and _is_old_value_of(s.args[0], p):
+            if s.args[0] is not p and len(s.args[0].users) == 1:
+                dead.append(s.args[0])  # old_value(p) read only by s: gone with it
+            if not _plan_scatter(s, s.args[0], chain, leaves, dead):
+                continue
+        elif not _plan_chain(s, p, c, an, chain, leaves, dead):
             continue
         if not _same_layout(_val(s), _val(p)):
             continue  # shape/dtype/strides differ: readers of s would see another layout
@@ -679,9 +751,9 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
 
         def make(at, chain=chain, p=p):
             cur, insert_at = p, at
-            for _kind, op, args in chain:  # views of p, then the write: all (target, *args)
+            for _kind, op, args, kwargs in chain:  # views of p / writes: (target, *args)
                 with graph.inserting_after(insert_at):
-                    cur = graph.call_function(op, (cur, *args))
+                    cur = graph.call_function(op, (cur, *args), kwargs)
                 insert_at = cur
                 new_nodes.append(cur)
             return cur
@@ -700,8 +772,9 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
             if not d.users:
                 graph.erase_node(d)
         records.append(RecoveryRecord(
-            "inplace_scatter", p.name, s.name,
-            f"{s.target} -> " + " -> ".join(str(op) for _, op, _ in chain),
+            "inplace_scatter" if chain[0][0] != "inplace" or _inplace_sibling(s.target)
+            or s.target in _VIEW_SCATTERS else "inplace_write", p.name, s.name,
+            f"{s.target} -> " + " -> ".join(str(op) for _, op, _, _ in chain),
             _nbytes(_val(p))))
     _drop_empty_brackets(graph)
 
@@ -719,6 +792,9 @@ def _set_val(new_nodes: list[fx.Node], p: fx.Node) -> None:
 def recover_memory(pure_gm: fx.GraphModule, *, early_writeback: bool = True,
                    inplace_scatter: bool = True) -> fx.GraphModule:
     """Return a new ``GraphModule`` that runs ``pure_gm`` with less memory.
+
+    ``early_writeback``: transform A; ``inplace_scatter``: transforms B and B' (final scatters
+    and elementwise chains whose result is only written back run in place on the input).
 
     The input is never modified (nodes are copied into a new graph that shares the module's
     parameters and buffers, and keeps its codegen). ``inplace_scatter`` runs first, so the write

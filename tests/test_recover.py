@@ -298,8 +298,8 @@ def test_early_writeback_adam_peak_drops(purifier):
     pure = purifier(adam_like, *_clone(args))
     rec = recover_memory(pure)
     recs = records_of(rec)
-    assert recs and all(r.kind == "early_writeback" for r in recs)
-    assert len(recs) >= 2 * 8  # every p and m (v is read by the later sqrt) ... and p
+    assert recs and {r.kind for r in recs} <= {"early_writeback", "inplace_write"}
+    assert len(recs) >= 2 * 8  # every m and v written early (or in place), and p
     _check_equiv(adam_like, rec, args)
     _, st_pure = measure_peak(pure, *_clone(args))
     _, st_rec = measure_peak(rec, *_clone(args))
@@ -398,8 +398,14 @@ def test_training_buffer_update_with_grads():
     args = [torch.randn(16, 8), torch.randn(8, 8), torch.zeros(8)]
     pure = _functionalize(f, *_clone(args))
     rec = recover_memory(pure)
-    assert [r.kind for r in records_of(rec)] == ["early_writeback"]
+    # buf's new value is mul -> add of its old value, read only by the copy: runs in place
+    assert [r.kind for r in records_of(rec)] == ["inplace_write"]
+    targets = _targets(rec)
+    assert aten.mul_.Tensor in targets and aten.add_.Tensor in targets
     _check_equiv(f, rec, args, grad_idx=(0, 1))
+    ewb = recover_memory(pure, inplace_scatter=False)
+    assert [r.kind for r in records_of(ewb)] == ["early_writeback"]
+    _check_equiv(f, ewb, args, grad_idx=(0, 1))
 
 
 def test_options_off_is_identity_and_input_untouched():
@@ -446,7 +452,9 @@ def test_moved_writes_keep_the_epilogue_grad_mode():
     gm = fxpurify.trace(sgd, *_clone(args), pre_dispatch=True)
     pure = fxpurify.purify(gm)
     rec = recover_memory(pure)
-    assert sum(r.kind == "early_writeback" for r in records_of(rec)) == 8
+    kinds = [r.kind for r in records_of(rec)]
+    assert len(kinds) == 8 and set(kinds) == {"early_writeback", "inplace_write"}, kinds
+    assert aten.add_.Tensor in _targets(rec)  # p.add_(b) runs in place again, under no_grad
     flat = lambda a: [t for group in a for t in group]  # noqa: E731
     ea, ga = _clone(args), _clone(args)
     for t in ea[0] + ga[0]:
@@ -493,3 +501,33 @@ def test_moved_write_keeps_grad_mode_across_no_grad_region():
     torch.testing.assert_close(got[1], ref[1])
     torch.testing.assert_close(got[2], ref[2])
     torch.testing.assert_close(got[3], ref[3])
+
+
+def test_inplace_write_chain_refusals():
+    """A chain of elementwise ops runs in place only when nothing else reads its result and it
+    ran under the write's grad mode."""
+
+    def build(other_reader: bool, no_grad_region: bool):
+        def b(g):
+            p, x = g.placeholder("p"), g.placeholder("x")
+            if no_grad_region:
+                g.call_function(torch._C._set_grad_enabled, (False,))
+            m = g.call_function(aten.mul.Tensor, (p, 0.5))
+            s = g.call_function(aten.add.Tensor, (m, x))
+            if no_grad_region:
+                g.call_function(torch._C._set_grad_enabled, (True,))
+            out = g.call_function(aten.sin.default, (s if other_reader else x,))
+            g.call_function(aten.copy_.default, (p, s))
+            return out
+        return b
+
+    p, x = torch.randn(5), torch.randn(5)
+    for other, region, expect in ((False, False, "inplace_write"), (True, False, "early_writeback"),
+                                  (False, True, "early_writeback")):
+        gm = _graph(build(other, region))
+        _prop(gm, p, x)
+        rec = recover_memory(gm)
+        assert [r.kind for r in records_of(rec)] == [expect], (other, region)
+        a, b = p.clone(), p.clone()
+        torch.testing.assert_close(rec(a, x), gm(b, x))
+        torch.testing.assert_close(a, b)
