@@ -6,9 +6,10 @@ a failure must print as a reproducer a person can read, edit and paste into an i
 
 How a program is grown: start from the inputs (plain, strided views of a bigger base, leaves and
 non-leaves that require grad, sometimes two inputs that share storage), then repeatedly pick a
-statement template (``templates.py``) — a view of some live tensor, an in-place op of some family on some live
-tensor (often a view of an input, so the write must reach the input), an out-of-place read of
-several aliases, a fresh tensor — and *execute it eagerly* on the real tensors grown so far.
+statement template (``templates.py``) — a view of some live tensor, an in-place op of some
+family on some live tensor (often a view of an input, so the write must reach the input), an
+out-of-place read of several aliases, a fresh tensor — and *execute it eagerly* on the real
+tensors grown so far.
 A statement eager rejects (shape mismatch, in-place on a leaf that requires grad, a write into an
 overlapping ``expand``/``unfold``) is dropped and another is drawn. So every program runs forward
 in eager by construction, and the generator needs no shape or aliasing model of its own: eager
@@ -20,7 +21,10 @@ value that autograd saves isolated by a ``clone()``: arguments and results of co
 cloned, and ``v.op_(args)`` becomes ``v.copy_(v.clone().op_(args_cloned))``. Views, metadata
 mutations and the writes themselves stay, so forward values, input writes and output aliasing are
 unchanged, while no tensor saved for backward is ever modified afterwards. Its gradients are the
-gradients of the out-of-place program, which is what a purified graph must produce.
+gradients of the out-of-place program, which is what a purified graph must produce. Multi-output
+views become ``narrow``/``select`` in the twin, and an in-place statement whose eager result
+differs from its twin's (an operand overlapping the written tensor under broadcasting: eager's
+result then depends on kernel iteration order) is dropped while the program grows.
 """
 from __future__ import annotations
 
