@@ -74,7 +74,10 @@ class Program:
         """The program as a file: ``make_inputs()``, ``forward`` and, with ``oop``, also
         ``forward_oop``; with ``main``, a ``__main__`` block that re-runs the fuzzer's check."""
         lines = [f"# {ln}" if ln else "#" for ln in header.splitlines()]
-        lines += ["import torch", "import torch.nn.functional as F", "", "",
+        lines += ["import torch", "import torch.nn.functional as F"]
+        if any(st.family == "custom" for st in self.stmts):
+            lines += ["import fxpurify.fuzz.customops  # noqa: F401  (fxpurify_fuzz::axpy_)"]
+        lines += ["", "",
                   "def make_inputs():", "    g = torch.Generator().manual_seed(%d)" % self.seed]
         lines += ["    " + s for s in self.inputs]
         lines += [f"    return [{', '.join(self.input_names)}]", "", ""]

@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from . import customops  # noqa: F401  (registers fxpurify_fuzz::axpy_ for exec'd programs)
 from .shapes import random_shape as _shape
 
 __all__ = ["TEMPLATES", "Ctx"]
@@ -242,7 +243,7 @@ def t_inplace(c: Ctx, *, target: str | None = None):
     tv = c.t(v)
     fl = _is_float(tv)
     family = rng.choice(["arith", "arith", "arith", "arith", "copy", "fill", "index", "index",
-                         "out", "random", "setitem"])
+                         "out", "random", "setitem", "custom"])
     names: dict[str, str] = {}
     special_oop = None
     if family == "arith":
@@ -364,6 +365,16 @@ def t_inplace(c: Ctx, *, target: str | None = None):
         src = f"{fn}, out={v})"
         special_oop = f"{v}.copy_({_clone_args(fn, names)}))"
         return ("inplace", src.format(**names), special_oop, (), "out")
+    elif family == "custom":
+        # a custom op with mutates_args: auto-functionalized by the pass (no autograd, see
+        # customops.py, so only on tensors that do not require grad)
+        o = _other(c, v)
+        if not fl or tv.dtype != torch.float32 or tv.requires_grad or \
+                (o in c.env and c.t(o).requires_grad) or "(" in o:
+            return None
+        src = f"torch.ops.fxpurify_fuzz.axpy_({v}, {o}, 0.5)"
+        return ("inplace", src, f"{v}.copy_({v}.clone().add_({o}.clone(), alpha=0.5))", (),
+                "custom")
     elif family == "random":
         if not fl:
             return None
