@@ -64,9 +64,9 @@ aten = torch.ops.aten
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}
-# Pure random fills whose result is contiguous whatever ``self``'s layout (their in-place
-# counterparts fill ``self`` in its memory order).
-CONTIGUOUS_RANDOM = {aten.bernoulli.p}
+# Pure random fills whose values, for a non-contiguous ``self``, come out in another order than
+# their in-place forms' (measured on torch 2.13 CPU): bernoulli always; normal for gapped self.
+DRAW_ORDER_SENSITIVE = {aten.bernoulli.p}
 # Pure variants of random fills that have no autograd formula (eager's in-place op has one).
 NO_DERIVATIVE_FILLS = {aten.normal_functional.default, aten.bernoulli.p}
 # Ops whose results never require grad: in-place random fills on them need no gradient link.
@@ -589,7 +589,10 @@ class Functionalizer:
                 for k in variant.extra_from_out:
                     if k in ("dtype", "device", "layout") and like is not None:
                         kwargs[k] = getattr(like, k)
-        if variant.target in CONTIGUOUS_RANDOM and not _val(args[0]).is_contiguous():
+        self_val = _val(args[0]) if args else None
+        if _is_tensor(self_val) and not self_val.is_contiguous() and (
+                variant.target in DRAW_ORDER_SENSITIVE or (variant.target is aten.normal_functional.default
+                                                           and not views.is_dense(self_val))):
             new = self._random_in_memory_order(variant.target, args, kwargs, node)
         else:
             new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
@@ -659,14 +662,18 @@ class Functionalizer:
                     and orig.target._schema.name.split("::")[-1] in FACTORIES)
 
     def _random_in_memory_order(self, target, args, kwargs, node):
-        """Random values are drawn in memory order. ``bernoulli.p`` allocates its result
-        contiguously where ``bernoulli_`` fills ``self`` in its own order, so for a strided
-        dense ``self`` draw in the permutation that makes it contiguous, then permute back."""
+        """Random values are drawn in memory order. ``bernoulli_`` fills ``self`` visiting its
+        dims by decreasing stride; ``bernoulli.p`` fills a fresh contiguous tensor. Drawing into
+        the permutation of ``self`` whose strides decrease, then permuting back, visits the
+        elements in the same order (checked against eager for transposed and gapped tensors).
+        ``normal_`` on a tensor with gaps uses a kernel no pure op reproduces: refused."""
         val = _val(args[0])
-        perm = sorted(range(val.dim()), key=lambda d: (-val.stride(d), d))
-        if not val.permute(perm).is_contiguous():
-            raise UnsupportedError(f"{node.target} on a non-dense tensor: its draw order has no pure form",
-                                   node, pattern="random-non-dense", hint="call it on a contiguous tensor")
+        if target is aten.normal_functional.default:
+            raise UnsupportedError(
+                "normal_ on a tensor with gaps in memory draws its values in an order no pure op "
+                "reproduces", node, pattern="random-non-dense",
+                hint="call normal_ on a contiguous tensor (e.g. fill a fresh tensor, then copy it in)")
+        perm = sorted(range(val.dim()), key=lambda d: (-views._hint(val.stride(d)), d))
         dense = self.call(aten.permute.default, (args[0], perm), origin=node)
         drawn = self.call(target, (dense,) + tuple(args[1:]), kwargs, origin=node, note=f"was {node.target}")
         return self.call(aten.permute.default, (drawn, views._inverse_permutation(perm)), origin=node)
@@ -704,6 +711,7 @@ class Functionalizer:
                 raise UnsupportedError("out= resizes a graph input or a view", node, pattern="resize-input",
                                        hint="pass an out tensor of the right size, or use the functional op")
         if is_out and _is_tensor(have) and _is_tensor(want) and not views.same_shape(have.shape, want.shape):
+            value = self._match_dtype(value, want, node)
             ref.root.value, ref.root.pending_path, ref.root.pending_value = value, None, None
             ref.root.mutated = True
             ref.val = _val(node) if _is_tensor(_val(node)) else have

@@ -64,17 +64,18 @@ end_write_back._fxpurify_side_effect = True
 
 
 def autograd_active(*inputs: torch.Tensor) -> bool:
-    """Whether this call builds an autograd graph at all: grad mode on and an input requires grad."""
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
+    """Whether this call can build an autograd graph at all: some input requires grad."""
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
 
 
 def old_value(x: torch.Tensor, active: bool) -> torch.Tensor:
     """The value an input had on entry, for a graph that writes it back later.
 
-    Cloned only when autograd is recording (``autograd_active``): then some op may save it for
-    backward, and the write-back must not change what it saved. Otherwise the input itself, at
-    no cost (inference, optimizer steps under no_grad, KV-cache decode)."""
-    return x.clone() if active else x
+    Cloned only when autograd is recording here (grad mode on and ``autograd_active``): then
+    some op may save it for backward, and the write-back must not change what it saved.
+    Otherwise the input itself, at no cost (inference, optimizer steps under no_grad, KV-cache
+    decode)."""
+    return x.clone() if active and torch.is_grad_enabled() else x
 
 
 class _KeepHistory(torch.autograd.Function):

@@ -154,6 +154,11 @@ def same_metadata(a, b, offset: bool = True) -> bool:
             and (not offset or known_equal(a.storage_offset(), b.storage_offset())))
 
 
+def is_dense(val) -> bool:
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+    return is_non_overlapping_and_dense_or_false(val)
+
+
 def owns_storage_densely(val) -> bool:
     """``val`` fills its whole storage without gaps or overlap, from offset 0: a fresh tensor
     computed from it by a layout-preserving op has exactly its metadata."""

@@ -97,9 +97,6 @@ def _unfold_overlap(x):
     return x
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: overlap check uses _debug_has_internal_overlap, "
-                   "which answers TOO_HARD (2) for unfold windows, so the write is scattered and the "
-                   "result is silently wrong (see docs/readme_trust.md)")
 def test_overlapping_unfold_write():
     """Windows share elements: eager multiplies shared elements twice; a scatter cannot."""
     _refused(_unfold_overlap, torch.randn(8), pattern="overlapping-write",
