@@ -92,10 +92,11 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
         if root.write_modes == {False} and not no_grad_started:
             fz.call(torch._C._set_grad_enabled, (False,), val=True)
             no_grad_started = True
-        fz.call(aten.copy_.default, (ph, value), origin=root.orig, val=_val(ph),
+        writer = root.last_writer or root.orig
+        fz.call(aten.copy_.default, (ph, value), origin=writer, val=_val(ph),
                 note=f"write-back of mutated input {ph.name}")
-        fz.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
-                      "the caller sees this input's final contents", _nbytes(_val(ph)))
+        fz.report.add("write-back", writer, f"aten.copy_({ph.name}, ...)",
+                      f"input {ph.name} was written: the caller sees its final contents", _nbytes(_val(ph)))
     if token is not None:
         fz.call(runtime.end_write_back, (token,), val=True)
 

@@ -83,7 +83,8 @@ class Root:
     """A piece of memory of the original program and its current contents in the new graph."""
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
-                 "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base")
+                 "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base",
+                 "last_writer")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
@@ -95,6 +96,7 @@ class Root:
         self.visible_write = False     # written by an op autograd sees (not only hidden BN writes)
         self.no_grad_write = False     # written while the graph had grad mode off
         self.write_modes: set = set()  # grad modes (True/False/None = caller's) of its writes
+        self.last_writer = None        # original node of the last write (for the report)
         self.autograd_base = None      # value whose autograd history a no_grad write keeps
         self.needs_snapshot = False    # an input the graph writes: reads of its old value go
                                        # through runtime.old_value (see Functionalizer.base_of)
@@ -352,6 +354,7 @@ class Functionalizer:
                     hint="clone the view before writing to it, or write into the base tensor")
         value = self._match_dtype(value, ref.val, origin)
         root.mutated = True
+        root.last_writer = origin
         root.visible_write |= not hidden
         grad_mode = False if any(step.op is aten.detach.default for step in ref.path) else self.grad_enabled
         if grad_mode is False:
