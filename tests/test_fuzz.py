@@ -323,7 +323,13 @@ def metadata_mutation_through_flatten_of_1d_input(x):
     return x * 1
 
 
+def int_input_written_from_value_requiring_grad(x, w):
+    x[3:] = w.sum()
+    return w * 1
+
+
 _CASES = [
+    ("int_input_written_from_value_requiring_grad", int_input_written_from_value_requiring_grad, lambda: [torch.arange(8), _leaf(4, 6) * 1], {}),
     ("metadata_mutation_after_self_copy_of_input", metadata_mutation_after_self_copy_of_input, lambda: [_r(5, 5).mT], {"pre_dispatch": True}),
     ("write_into_slice_of_expanded_input", write_into_slice_of_expanded_input, lambda: [_r(5, 5)], {}),
     ("as_strided_fill_of_non_leaf_input", as_strided_fill_of_non_leaf_input, lambda: [_leaf(4, 1, 3) * 1], {}),
@@ -347,6 +353,9 @@ _CASES = [
 
 
 _BUGS = {
+    "int_input_written_from_value_requiring_grad": "core: the purified graph raises 'Autograd not "
+                                                   "support dtype: Long' when an integer input "
+                                                   "is written with a value that requires grad",
     "metadata_mutation_after_self_copy_of_input": "core: an input's metadata mutation after a "
                                                   "copy_ onto itself is lost (shape differs)",
     "write_into_slice_of_expanded_input": "core: the purified graph raises 'more than one element "
