@@ -779,6 +779,100 @@ def _inplace_scatter(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
     _drop_empty_brackets(graph)
 
 
+def _bracket_key(bracket: tuple | None) -> Any:
+    if bracket is None:
+        return None
+    begin, end = bracket
+    return (begin.target, repr(begin.args), repr(begin.kwargs), end.target)
+
+
+def _inplace_foreach(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
+    """Transform B for ``_foreach_*`` ops: ``outs = _foreach_op([old(p_0), ..., old(p_n)], ...)``
+    with every ``outs[i]`` written back into ``p_i`` becomes ``_foreach_op_([p_0, ..., p_n], ...)``
+    at the point where the last ``p_i``'s old value is dead (Adam with ``foreach=True``).
+
+    Each element obeys B's conditions (same layout, operands alias no written input, readers of
+    the new values all after the write), and the op ran under the grad mode of the writes."""
+    graph = gm.graph
+    an = _analyse(graph)
+    copies = {c: (p, v) for c, p, v in _copy_candidates(graph, an, plain_only=True)}
+    groups: dict[fx.Node, dict[int, tuple]] = {}
+    for c, (p, v) in copies.items():
+        if not (isinstance(v, fx.Node) and v.target is operator.getitem):
+            continue
+        f = v.args[0]
+        if (isinstance(f, fx.Node) and f.op == "call_function"
+                and isinstance(f.target, torch._ops.OpOverload)
+                and f.target.__name__.startswith("_foreach_") and isinstance(v.args[1], int)):
+            groups.setdefault(f, {})[v.args[1]] = (v, c, p)
+    if not groups:
+        return
+    targets = {p for items in groups.values() for _, _, p in items.values()}
+    reads = _last_reads(graph, an, targets)
+    nodes = list(graph.nodes)
+    written_targets = set(an.written)
+    plans = []
+    for f, items in groups.items():
+        sib = _inplace_sibling(f.target, any_op=True)
+        bases = f.args[0] if f.args else None
+        if sib is None or not isinstance(bases, (list, tuple)) or len(items) != len(bases):
+            continue
+        ordered = [items.get(i) for i in range(len(bases))]
+        if any(x is None for x in ordered):
+            continue
+        ok = all(_is_old_value_of(bases[i], p) and _same_layout(_val(v), _val(p))
+                 for i, (v, c, p) in enumerate(ordered))
+        mode = an.mode_after.get(f.prev)
+        cs = [c for _, c, _ in ordered]
+        ok = ok and all(_effective_mode(an, c) == mode for c in cs) and mode is not UNKNOWN
+        # one write for all: the writes' brackets must be interchangeable (same functions and
+        # arguments) and start from the same grad mode
+        ok = ok and len({(_bracket_key(an.bracket.get(c)), an.write_mode[c]) for c in cs}) == 1
+        leaves = [a for a in tree_leaves((f.args[1:], f.kwargs)) if isinstance(a, fx.Node)]
+        ok = ok and not any(an.roots.get(a, frozenset({a})) & written_targets for a in leaves)
+        if not ok:
+            continue
+        first_c = min(cs, key=an.pos.get)
+        skip = {an.pos[f]} | {an.pos[b] for b in bases} | {an.pos[c] for c in cs}
+        anchor = max([_last_old_read(reads[p], an.pos[c], skip) for _, c, p in ordered]
+                     + [an.pos[p] for _, _, p in ordered] + [an.pos[a] for a in leaves]
+                     + [an.pos[f]])
+        if anchor >= an.pos[first_c]:
+            continue
+        if any(an.pos[u] <= anchor for v, c, _ in ordered for u in v.users if u is not c):
+            continue
+        if not _movable_to(an, nodes[anchor], first_c):
+            continue
+        plans.append((f, sib, ordered, nodes[anchor]))
+    for f, sib, ordered, after in plans:
+        c0 = ordered[0][1]
+        ps = [p for _, _, p in ordered]
+
+        def make(at, f=f, sib=sib, ps=ps):
+            with graph.inserting_after(at):
+                n = graph.call_function(sib, (list(ps), *f.args[1:]), dict(f.kwargs))
+            n.meta["fxpurify_recover"] = f"in place of {f.name} ({f.target})"
+            return n
+
+        _insert_write(graph, after, make, an.bracket.get(c0), an.mode_after[after],
+                      an.write_mode[c0])
+        bases = list(f.args[0])
+        for v, c, p in ordered:
+            c.replace_all_uses_with(p)
+            graph.erase_node(c)
+            v.replace_all_uses_with(p)
+            graph.erase_node(v)
+        graph.erase_node(f)
+        for b in bases:
+            if b.op == "call_function" and not b.users:
+                graph.erase_node(b)
+        records.append(RecoveryRecord(
+            "inplace_write", ",".join(p.name for p in ps[:3]) + ("..." if len(ps) > 3 else ""),
+            f.name, f"{f.target} -> {sib} on {len(ps)} inputs",
+            sum(_nbytes(_val(p)) for p in ps)))
+    _drop_empty_brackets(graph)
+
+
 def _set_val(new_nodes: list[fx.Node], p: fx.Node) -> None:
     """Carry fake values onto the new nodes where cheap: the final write returns its target."""
     pv = _val(p)
@@ -816,6 +910,7 @@ def recover_memory(pure_gm: fx.GraphModule, *, early_writeback: bool = True,
     records: list[RecoveryRecord] = []
     if inplace_scatter:
         _inplace_scatter(gm, records)
+        _inplace_foreach(gm, records)
     if early_writeback:
         _early_writeback(gm, records)
     gm.graph.lint()

@@ -531,3 +531,37 @@ def test_inplace_write_chain_refusals():
         a, b = p.clone(), p.clone()
         torch.testing.assert_close(rec(a, x), gm(b, x))
         torch.testing.assert_close(a, b)
+
+
+def _fxpurify_pre_dispatch(fn, *args):
+    import fxpurify
+
+    return fxpurify.purify(fxpurify.trace(fn, *args, pre_dispatch=True))
+
+
+@pytest.mark.parametrize("purifier", [
+    pytest.param(_functionalize, id="functionalize"),
+    pytest.param(_fxpurify_pre_dispatch, id="fxpurify",
+                 marks=pytest.mark.skipif(not _have_core(), reason="fxpurify.purify not landed")),
+])
+def test_inplace_foreach_write(purifier):
+    def f(ps, gs):
+        with torch.no_grad():  # an optimizer-style update: the write's grad mode is static
+            torch._foreach_add_(ps, gs, alpha=0.5)
+        return [p.sum() for p in ps]
+
+    torch.manual_seed(0)
+    args = [[torch.randn(32) for _ in range(4)], [torch.randn(32) for _ in range(4)]]
+    pure = purifier(f, *_clone(args))
+    rec = recover_memory(pure)
+    assert "inplace_write" in [r.kind for r in records_of(rec)], rec.code
+    assert aten._foreach_add_.List in _targets(rec)
+    assert aten._foreach_add.List not in _targets(rec)
+    flat = (lambda a: a) if purifier is _functionalize else (lambda a: [t for g in a for t in g])
+    ea, ga = _clone(args), _clone(args)
+    torch.testing.assert_close(list(rec(*flat(ga))), f(*ea))
+    torch.testing.assert_close(ga, ea)
+    one = 32 * 4
+    _, st_pure = measure_peak(pure, *flat(_clone(args)))
+    _, st_rec = measure_peak(rec, *flat(_clone(args)))
+    assert st_pure.peak >= 4 * one and st_rec.peak < 4 * one
