@@ -390,3 +390,18 @@ def test_fuzzer_regressions(fn, make_inputs, opts, with_inputs):
     from fxpurify.fuzz.runner import check_functions
     out = check_functions(make_inputs, fn, with_example_inputs=with_inputs, **opts)
     assert out.kind in ("ok", "refused"), f"{out.kind}: {out.detail}"
+
+
+def test_reducer_drops_unused_inputs():
+    def picky(gm, example_inputs=None):
+        if any(n.target is torch.ops.aten.sin_.default for n in gm.graph.nodes):
+            raise ValueError("sin_ bug")
+        return gm
+    p = _prog([("inplace", "x1.sin_()", "x1.copy_(x1.clone().sin_())", [])], ["x1"],
+              inputs=["x0 = torch.randn((4, 6), generator=g)", "b1 = torch.randn(5, 6, generator=g)",
+                      "x1 = b1[0]", "x2 = torch.randn((3,), generator=g)"],
+              names=["x0", "x1", "x2"])
+    chk = lambda q: check_program(q, purify=picky, check_pure=None)  # noqa: E731
+    small = reduce_program(p, chk(p), chk)
+    assert small.input_names == ["x1"]
+    assert small.inputs == ["b1 = torch.randn(5, 6, generator=g)", "x1 = b1[0]"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Callable
 
 from .generate import Program
@@ -66,6 +67,32 @@ def reduce_program(prog: Program, outcome: Outcome, check: Callable[[Program], O
                 stmts, changed = cand, True
                 break
     drop_returns()
+    reduced = dataclasses.replace(prog, stmts=stmts, returns=rets)
+    reduced = _drop_unused_inputs(reduced, still)
     log.debug("reduced program %d from %d to %d statements (%d checks)", prog.seed,
               len(prog.stmts), len(stmts), max_checks - budget[0])
-    return dataclasses.replace(prog, stmts=stmts, returns=rets)
+    return reduced
+
+
+def _uses(text: str, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", text) is not None
+
+
+def _drop_unused_inputs(prog: Program, still: Callable[[Program], bool]) -> Program:
+    """Remove inputs the remaining statements never mention (with the lines making them, and a
+    shared base nobody else uses). Values of later inputs change (one generator feeds them all),
+    so each removal is re-checked like any other."""
+    body = "\n".join(st.src for st in prog.stmts) + "\n" + ", ".join(prog.returns)
+    for name in list(prog.input_names):
+        if _uses(body, name) or len(prog.input_names) == 1:
+            continue
+        lines = [ln for ln in prog.inputs if not ln.startswith(f"{name} =")]
+        bases = {ln.split(" =")[0] for ln in lines if ln.startswith("b")}
+        lines = [ln for ln in lines if not (ln.split(" =")[0] in bases and
+                                            not any(_uses(o.split("=", 1)[1], ln.split(" =")[0])
+                                                    for o in lines if o is not ln))]
+        cand = dataclasses.replace(prog, inputs=lines,
+                                   input_names=[n for n in prog.input_names if n != name])
+        if still(cand):
+            prog = cand
+    return prog
