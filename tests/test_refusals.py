@@ -289,3 +289,30 @@ def test_metadata_mutation_of_a_module_buffer():
     e = _refused(_TransposesBuffer(), torch.randn(1), pattern="metadata-mutation-buffer",
                  op="aten.t_.default", marker="BUFFER_T")
     assert e.kind == "unsupported"
+
+
+# ---------------------------------------------------------------- random ops and symbolic shapes
+
+def _normal_on_gapped_input(x):
+    x.normal_()  # NORMAL_GAPPED
+    return x
+
+
+def test_normal_on_a_tensor_with_gaps():
+    """Eager's kernel draws in an order no pure op reproduces: refusing beats wrong numbers."""
+    _refused(_normal_on_gapped_input, torch.randn(8, 6)[::2], pattern="random-non-dense",
+             op="aten.normal_.default", marker="NORMAL_GAPPED")
+
+
+def _transpose_input_in_place(x):
+    x.t_()  # SYMBOLIC_T
+    return x + 1
+
+
+def test_metadata_mutation_of_an_input_with_symbolic_sizes():
+    gm = fxpurify.trace(_transpose_input_in_place, torch.randn(3, 4), tracing_mode="symbolic")
+    with pytest.raises(UnsupportedError) as ei:
+        fxpurify.purify(gm)
+    msg = str(ei.value)
+    assert ei.value.pattern == "metadata-mutation-symbolic" and "aten.t_.default" in msg
+    assert f"{HERE}:{_line('SYMBOLIC_T')}" in msg and "static shapes" in msg
