@@ -272,7 +272,7 @@ class Functionalizer:
         backward (grad mode on and some input requires grad): the write-back would otherwise
         change a saved tensor, and backward would fail the version check where eager (which
         saves ``original_self`` for in-place ops) succeeds."""
-        if root.needs_snapshot:
+        if root.needs_snapshot and self.grad_enabled is not False:   # no autograd under no_grad
             from . import runtime
             root.needs_snapshot = False
             if self.autograd_active is None:

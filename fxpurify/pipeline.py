@@ -34,7 +34,8 @@ def purify(gm: torch.fx.GraphModule, example_inputs: Optional[Sequence] = None) 
     fake_mode = detect_fake_mode([n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"])
     walk = Functionalizer(gm, fake_mode, report).run()        # analyze + rewrite
     graph = emit.finish(walk)                                 # write-backs, outputs, guard
-    cleanup.eliminate_dead_code(graph)                        # clean up
+    cleanup.drop_needless_snapshots(graph)                    # clean up
+    cleanup.eliminate_dead_code(graph)
     graph.lint()
     out = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__ if type(gm) is not torch.fx.GraphModule
                                else "PurifiedGraphModule")
