@@ -101,8 +101,10 @@ class Settings:
     anchor_repeats: int = 3
     big_graph: int = 10_000          # at or above: anchor once, fxpurify 3 times
     min_step_reps: int = 5
-    max_step_reps: int = 50
-    step_budget_s: float = 1.0
+    max_step_reps: int = 30
+    step_budget_s: float = 0.5
+    # scaling graphs: the variants that answer "what does purity cost at this size"
+    scaling_variants: tuple = ("eager", "fxpurify", "fxpurify+recover", "anchor")
     variants: tuple = ALL_VARIANTS
 
 
@@ -308,7 +310,8 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
         for name, ewb, sc in (("fxpurify+writeback", True, False),
                               ("fxpurify+scatter", False, True),
                               ("fxpurify+recover", True, True)):
-            if name in s.variants:
+            wanted = s.scaling_variants if w.group == "scaling" else s.variants
+            if name in s.variants and name in wanted:
                 graphs[name] = recover_memory(pure, early_writeback=ewb, inplace_scatter=sc)
     if anchor is not None:
         graphs["anchor"] = anchor
@@ -319,6 +322,8 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
 
     results = []
     order = [v for v in s.variants if v in graphs or v in COMPILE_VARIANTS]
+    if w.group == "scaling":
+        order = [v for v in order if v in s.scaling_variants]
     for v in order:
         if v in COMPILE_VARIANTS and not w.compile_ok:
             continue
