@@ -328,7 +328,62 @@ def int_input_written_from_value_requiring_grad(x, w):
     return w * 1
 
 
+def random_after_write_to_gapped_input(x):
+    x.div_(2.0)
+    x.normal_()
+    return x
+
+
+def uniform_after_write_to_transposed_input(x):
+    x.mul_(2.0)
+    x.uniform_()
+    return x
+
+
+def as_strided_metadata_mutation_then_fill_of_non_leaf_input(x):
+    x.as_strided_((4, 3, 2), (6, 2, 1), 0)
+    x.fill_(2.0)
+    return x
+
+
+def as_strided_metadata_mutation_of_aliased_input(x1, x2):
+    x2.as_strided_((5,), (1,), 1)
+    return x2
+
+
+def read_non_leaf_input_twice_after_unsqueeze_(x):
+    x.unsqueeze_(0)
+    return x * x.permute(0, 1)
+
+
+def as_strided_write_into_intermediate_requiring_grad(x):
+    t = x * 2
+    t.as_strided((1, 1), (2, 2), 7).fill_(-1.0)
+    return t
+
+
+def no_grad_write_through_contiguous_identity_then_grad_write(x):
+    t = x.contiguous()  # x itself
+    with torch.no_grad():
+        t.clamp_(-1.0, 1.0)
+    x.clamp_(-1.0, 1.0)
+    return x
+
+
+def _aliased_pair():
+    b = _r(5, 6)
+    return [b[0], b[0, 1:]]
+
+
+
 _CASES = [
+    ("random_after_write_to_gapped_input", random_after_write_to_gapped_input, lambda: [_r(4, 3, 4)[::2]], {}),
+    ("uniform_after_write_to_transposed_input", uniform_after_write_to_transposed_input, lambda: [_r(3, 4, 5).mT], {}),
+    ("as_strided_metadata_mutation_then_fill_of_non_leaf_input", as_strided_metadata_mutation_then_fill_of_non_leaf_input, lambda: [_leaf(2, 3, 4) * 1], {}),
+    ("as_strided_metadata_mutation_of_aliased_input", as_strided_metadata_mutation_of_aliased_input, _aliased_pair, {}),
+    ("read_non_leaf_input_twice_after_unsqueeze_", read_non_leaf_input_twice_after_unsqueeze_, lambda: [_leaf(6) * 1], {}),
+    ("as_strided_write_into_intermediate_requiring_grad", as_strided_write_into_intermediate_requiring_grad, lambda: [_leaf(3, 3)], {}),
+    ("no_grad_write_through_contiguous_identity_then_grad_write", no_grad_write_through_contiguous_identity_then_grad_write, lambda: [_leaf(6) * 1], {"pre_dispatch": True}),
     ("int_input_written_from_value_requiring_grad", int_input_written_from_value_requiring_grad, lambda: [torch.arange(8), _leaf(4, 6) * 1], {}),
     ("metadata_mutation_after_self_copy_of_input", metadata_mutation_after_self_copy_of_input, lambda: [_r(5, 5).mT], {"pre_dispatch": True}),
     ("write_into_slice_of_expanded_input", write_into_slice_of_expanded_input, lambda: [_r(5, 5)], {}),
@@ -353,6 +408,16 @@ _CASES = [
 
 
 _BUGS = {
+    "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
+                                          "is not refused (the refusal looks at the current "
+                                          "value's layout, not the input's): silently wrong",
+    "as_strided_metadata_mutation_then_fill_of_non_leaf_input": "core: wrong gradient after "
+                                                                "as_strided_ + fill_ of a "
+                                                                "non-leaf input",
+    "read_non_leaf_input_twice_after_unsqueeze_": "core: backward fails (version counter) after "
+                                                  "unsqueeze_ of a non-leaf input read twice",
+    "as_strided_write_into_intermediate_requiring_grad": "core: wrong gradient through an "
+                                                         "as_strided write into an intermediate",
     "int_input_written_from_value_requiring_grad": "core: the purified graph raises 'Autograd not "
                                                    "support dtype: Long' when an integer input "
                                                    "is written with a value that requires grad",
@@ -373,6 +438,9 @@ _BUGS = {
                                 "input that was also written with grad",
 }
 _XFAIL: dict[tuple[str, bool], str] = {(n, ex): r for n, r in _BUGS.items() for ex in (False, True)}
+_XFAIL[("as_strided_metadata_mutation_of_aliased_input", False)] = (
+    "core: purify crashes (setStorage out of bounds in metadata propagation) on as_strided_ of "
+    "an input that shares storage with another, instead of refusing")
 
 
 def _params():
