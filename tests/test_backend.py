@@ -201,6 +201,42 @@ def test_inputs_aliased_at_call_time_are_refused_not_miscomputed(inner):
         fn(base[:4], base[:4])
 
 
+class NoGradRegion(nn.Module):
+    """An EMA of the activations updated in place under no_grad inside forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("ema", torch.zeros(4))
+
+    def forward(self, x):
+        h = self.lin(x).sigmoid()
+        with torch.no_grad():
+            self.ema.mul_(0.5).add_(h.mean(0), alpha=0.5)
+        h.mul_(2)  # autograd-unsafe: sigmoid saved h
+        return h + self.ema
+
+
+def test_no_grad_region_inside_forward():
+    ref = NoGradRegion()
+    model = copy.deepcopy(ref)
+    step = compiled(model, options={"strict": True})
+    for _ in range(2):
+        x = torch.randn(3, 4)
+        out = step(x)
+        out.sum().backward()
+        # reference: the out-of-place program (eager rejects the original)
+        h = ref.lin(x).sigmoid()
+        with torch.no_grad():
+            ref.ema.mul_(0.5).add_(h.mean(0), alpha=0.5)
+        out_ref = h * 2 + ref.ema
+        out_ref.sum().backward()
+        torch.testing.assert_close(out, out_ref)
+        assert not model.ema.requires_grad
+    torch.testing.assert_close(model.ema, ref.ema)
+    torch.testing.assert_close(model.lin.weight.grad, ref.lin.weight.grad)
+
+
 def test_no_grad_inference_updates_buffers():
     ref = Stateful().eval()
     model = copy.deepcopy(ref)
@@ -303,6 +339,17 @@ def test_non_strict_falls_back_and_warns_once(monkeypatch):
     msgs = [str(w.message) for w in caught if "fxpurify backend" in str(w.message)]
     assert len(msgs) == 1, msgs  # two graphs, one reason: one warning
     assert "runs unpurified" in msgs[0] and "cannot purify this on purpose" in msgs[0]
+
+
+def test_non_strict_fallback_with_inner_inductor_is_plain_inductor(monkeypatch):
+    monkeypatch.setattr(backend_mod, "_purify", _refuse)
+    monkeypatch.setattr(backend_mod, "_warned", set())
+    x = torch.randn(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(lambda t: t.cos().add_(1), "inductor")(x)
+    torch.testing.assert_close(out, x.cos() + 1)
+    assert any("plain Inductor" in str(w.message) for w in caught)
 
 
 def test_strict_raises(monkeypatch):
