@@ -237,6 +237,37 @@ def test_no_grad_region_inside_forward():
     torch.testing.assert_close(model.lin.weight.grad, ref.lin.weight.grad)
 
 
+class Autocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = self.lin(x)
+        return h.float().relu_()
+
+
+def test_autocast_region_and_inference_mode():
+    ref = Autocast()
+    model = copy.deepcopy(ref)
+    step = compiled(model, options={"strict": True})
+    x = torch.randn(3, 4)
+    out = step(x)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    out_ref = ref(x)
+    out_ref.sum().backward()
+    torch.testing.assert_close(out, out_ref)
+    torch.testing.assert_close(model.lin.weight.grad, ref.lin.weight.grad)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        torch.testing.assert_close(step(x), ref(x))
+    assert model.calls.item() == ref.calls.item() == 2
+
+
 def test_no_grad_inference_updates_buffers():
     ref = Stateful().eval()
     model = copy.deepcopy(ref)
