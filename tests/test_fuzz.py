@@ -376,7 +376,15 @@ def _aliased_pair():
 
 
 
+def copy_under_no_grad_into_fresh_tensor(x):
+    t = torch.zeros_like(x)
+    with torch.no_grad():
+        t.copy_(x)
+    return t
+
+
 _CASES = [
+    ("copy_under_no_grad_into_fresh_tensor", copy_under_no_grad_into_fresh_tensor, lambda: [_leaf(4, 6) * 1], {"pre_dispatch": True}),
     ("random_after_write_to_gapped_input", random_after_write_to_gapped_input, lambda: [_r(4, 3, 4)[::2]], {}),
     ("uniform_after_write_to_transposed_input", uniform_after_write_to_transposed_input, lambda: [_r(3, 4, 5).mT], {}),
     ("as_strided_metadata_mutation_then_fill_of_non_leaf_input", as_strided_metadata_mutation_then_fill_of_non_leaf_input, lambda: [_leaf(2, 3, 4) * 1], {}),
@@ -408,6 +416,9 @@ _CASES = [
 
 
 _BUGS = {
+    "copy_under_no_grad_into_fresh_tensor": "core: copy_ under no_grad is forwarded as the source "
+                                            "itself, so the result requires grad (eager: it does "
+                                            "not) and gradients flow into the source",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
                                           "is not refused (the refusal looks at the current "
                                           "value's layout, not the input's): silently wrong",
