@@ -105,6 +105,10 @@ class Settings:
     step_budget_s: float = 0.5
     # scaling graphs: the variants that answer "what does purity cost at this size"
     scaling_variants: tuple = ("eager", "fxpurify", "fxpurify+recover", "anchor")
+    # at or above: the anchor's pass time is still measured (once), its graph is not run (a
+    # 50k-node input gives a ~120k-node anchor graph; running and memory-tracking it alone
+    # would take minutes of the 15-minute budget)
+    huge_graph: int = 40_000
     variants: tuple = ALL_VARIANTS
 
 
@@ -324,6 +328,8 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
     order = [v for v in s.variants if v in graphs or v in COMPILE_VARIANTS]
     if w.group == "scaling":
         order = [v for v in order if v in s.scaling_variants]
+        if anchor is not None and _n_calls(anchor) and len(anchor.graph.nodes) >= 2 * s.huge_graph:
+            order = [v for v in order if v != "anchor"]
     for v in order:
         if v in COMPILE_VARIANTS and not w.compile_ok:
             continue
