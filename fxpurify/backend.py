@@ -161,7 +161,52 @@ def _bind(fn: Callable[..., Any], attrs: list[torch.Tensor]) -> Callable[..., An
 def _lower(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:
     from .capture import lower_dynamo_graph
 
-    return lower_dynamo_graph(gm, list(example_inputs))
+    with _checkpoint_bodies_traceable(gm):
+        lowered = lower_dynamo_graph(gm, list(example_inputs))
+    for mod in lowered.modules():
+        if isinstance(mod, torch.fx.GraphModule) and mod.meta.get(_CKPT_KEY) is _noop_context_fn():
+            del mod.meta[_CKPT_KEY]  # copied over by the HOP's tracing rule; not the user's
+    return lowered
+
+
+_CKPT_KEY = "_checkpoint_context_fn"
+
+
+def _noop_context_fn():
+    from torch.utils.checkpoint import noop_context_fn
+
+    return noop_context_fn
+
+
+class _checkpoint_bodies_traceable:
+    """Work around a torch 2.13 bug so activation checkpointing can be lowered.
+
+    Pre-dispatch tracing of ``tag_activation_checkpoint`` (``torch/_higher_order_ops/wrap.py``)
+    reads ``body.meta["_checkpoint_context_fn"]`` unconditionally, but Dynamo only sets it when
+    the user passed a ``context_fn``: plain ``checkpoint(fn, x, use_reentrant=False)`` raises
+    ``KeyError``. During lowering the key is set to ``noop_context_fn`` (checkpoint's own
+    default, so eager semantics are unchanged) and removed again afterwards — also from the
+    lowered bodies, because Inductor treats the key's presence as selective checkpointing.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.patched: list[torch.fx.GraphModule] = []
+        hop = getattr(torch.ops.higher_order, "tag_activation_checkpoint", None)
+        for node in gm.graph.nodes:
+            if hop is not None and node.target is hop and isinstance(node.args[0], torch.fx.Node):
+                body = _fetch_attr(gm, node.args[0].target)
+                if isinstance(body, torch.fx.GraphModule) and _CKPT_KEY not in body.meta:
+                    self.patched.append(body)
+
+    def __enter__(self):
+        for body in self.patched:
+            body.meta[_CKPT_KEY] = _noop_context_fn()
+        return self
+
+    def __exit__(self, *exc):
+        for body in self.patched:
+            body.meta.pop(_CKPT_KEY, None)
+        return False
 
 
 def _purify(aten_gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> torch.fx.GraphModule:

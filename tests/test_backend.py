@@ -395,15 +395,12 @@ class Checkpointed(nn.Module):
         return torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=False).relu_()
 
 
-def test_activation_checkpointing_trains_like_eager():
-    # Purified, or (while lowering cannot trace the checkpoint higher-order op) run unpurified
-    # after a warning: either way the user's training step is right.
+@pytest.mark.parametrize("inner", INNERS)
+def test_activation_checkpointing_purified_and_trains_like_eager(inner):
     ref = Checkpointed()
     model = copy.deepcopy(ref)
     x = torch.randn(3, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = compiled(model)(x)
+    out = compiled(model, inner, options={"strict": True})(x)
     out.sum().backward()
     out_ref = ref(x)
     out_ref.sum().backward()
