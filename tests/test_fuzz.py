@@ -383,7 +383,27 @@ def copy_under_no_grad_into_fresh_tensor(x):
     return t
 
 
+def foreach_add_over_aliased_elements(x):
+    torch._foreach_add_([x.view(1, -1), x], 1.0)  # x gets 1.0 twice
+    return x
+
+
+def foreach_add_over_grad_and_non_grad_tensors(x, y):
+    t = x.clamp(-1, 1)
+    torch._foreach_add_([t, y], 1.0)
+    return y, t
+
+
+def normal_after_write_to_transposed_input(x):
+    x.masked_fill_(x > 0.5, 1.5)
+    x.t().normal_()
+    return x
+
+
 _CASES = [
+    ("foreach_add_over_aliased_elements", foreach_add_over_aliased_elements, lambda: [_r(3, 3)], {}),
+    ("foreach_add_over_grad_and_non_grad_tensors", foreach_add_over_grad_and_non_grad_tensors, lambda: [_leaf(4, 1, 3), _r(8).double()], {}),
+    ("normal_after_write_to_transposed_input", normal_after_write_to_transposed_input, lambda: [_r(3, 3).mT], {}),
     ("copy_under_no_grad_into_fresh_tensor", copy_under_no_grad_into_fresh_tensor, lambda: [_leaf(4, 6) * 1], {"pre_dispatch": True}),
     ("random_after_write_to_gapped_input", random_after_write_to_gapped_input, lambda: [_r(4, 3, 4)[::2]], {}),
     ("uniform_after_write_to_transposed_input", uniform_after_write_to_transposed_input, lambda: [_r(3, 4, 5).mT], {}),
@@ -416,6 +436,12 @@ _CASES = [
 
 
 _BUGS = {
+    "foreach_add_over_aliased_elements": "core: _foreach_*_ whose list elements alias each other "
+                                         "(eager writes them one after the other): silently wrong",
+    "foreach_add_over_grad_and_non_grad_tensors": "core: the functional _foreach op makes every "
+                                                  "output require grad when one input does",
+    "normal_after_write_to_transposed_input": "core: normal_ after a write that changed the "
+                                              "tensor's layout draws in another element order",
     "copy_under_no_grad_into_fresh_tensor": "core: copy_ under no_grad is forwarded as the source "
                                             "itself, so the result requires grad (eager: it does "
                                             "not) and gradients flow into the source",

@@ -243,7 +243,7 @@ def t_inplace(c: Ctx, *, target: str | None = None):
     tv = c.t(v)
     fl = _is_float(tv)
     family = rng.choice(["arith", "arith", "arith", "arith", "copy", "fill", "index", "index",
-                         "out", "random", "setitem", "custom"])
+                         "out", "random", "setitem", "custom", "foreach"])
     names: dict[str, str] = {}
     special_oop = None
     if family == "arith":
@@ -252,12 +252,23 @@ def t_inplace(c: Ctx, *, target: str | None = None):
         if fl:
             opts += ["mul_(0.5)", "div_(2.0)", "clamp_(-1.0, 1.0)", "relu_()", "sin_()",
                      "tanh_()", "sigmoid_()", "neg_()", "abs_()", "lerp_({o}, 0.3)", "pow_(2)",
-                     "exp_()", "clamp_(min=0.1)", "add_(1.0)"]
+                     "exp_()", "clamp_(min=0.1)", "add_(1.0)",
+                     # rarer overloads: schema lookups the common ones do not exercise
+                     "tril_()", "triu_(1)", "addcdiv_({o}, {o2}.abs() + 1, value=0.5)",
+                     "copysign_({o})", "hypot_({o})", "clamp_(min={o})", "lerp_({o}, {o2})",
+                     "cumsum_(0)", "fill_diagonal_(0.5)", "erf_()",
+                     "true_divide_(2.0)", "nan_to_num_(0.0)"]
         else:
-            opts += ["add_(1)", "mul_(2)", "neg_()", "clamp_(-2, 2)", "abs_()"]
+            opts += ["add_(1)", "mul_(2)", "neg_()", "clamp_(-2, 2)", "abs_()",
+                     "bitwise_and_(3)", "floor_divide_(2)", "remainder_(3)"]
         call = rng.choice(opts)
         names = {"o": o, "o2": _other(c, v, float_only=fl)}
         r = rng.random()
+        if not fl and r < 0.3:
+            # in-place dunders: their pure form is not found by the naming rule (bitwise_and)
+            op = rng.choice(["&=", "|=", "^="])
+            meth = {"&=": "bitwise_and_", "|=": "bitwise_or_", "^=": "bitwise_xor_"}[op]
+            return ("inplace", f"{v} {op} 3", f"{v}.copy_({v}.clone().{meth}(3))", (), family)
         if r < 0.12 and "{o}" in call and call.startswith(("add_", "mul_", "sub_")):
             op = {"add_": "+=", "mul_": "*=", "sub_": "-="}[call[:4]]
             src = f"{v} {op} {{o}}"
@@ -310,7 +321,7 @@ def t_inplace(c: Ctx, *, target: str | None = None):
         val = "1.5" if fl else "2"
         kind = rng.choice(["index_put", "index_put_acc", "index_copy", "index_fill",
                            "masked_fill", "masked_fill_self", "scatter", "scatter_add",
-                           "setitem_idx"])
+                           "setitem_idx", "index_add", "masked_scatter", "put"])
         it = f"torch.tensor({idx})"
         o = c.pick(lambda t: _is_float(t) == fl)
         src_t = f"torch.ones({tuple(shp)}{'' if fl else ', dtype=torch.int64'})"
@@ -327,6 +338,16 @@ def t_inplace(c: Ctx, *, target: str | None = None):
             special_oop = src
         elif kind == "index_copy":
             src = f"{v}.index_copy_({d}, {it}, {src_t})"
+        elif kind == "index_add":
+            src = f"{v}.index_add_({d}, {it}, {src_t})"
+        elif kind == "masked_scatter":
+            src = f"{v}.masked_scatter_({v} < 0, torch.full({tuple(tv.shape)}, {val}))"
+            special_oop = f"{v}.copy_({v}.clone().masked_scatter_({v}.clone() < 0, " \
+                          f"torch.full({tuple(tv.shape)}, {val})))"
+        elif kind == "put":
+            flat = sorted(rng.sample(range(tv.numel()), min(2, tv.numel())))
+            vals = [1.5, -1.5][:len(flat)] if fl else [1, 2][:len(flat)]
+            src = f"{v}.put_(torch.tensor({flat}), torch.tensor({vals}))"
         elif kind == "index_fill":
             src = f"{v}.index_fill_({d}, {it}, {val})"
         elif kind == "masked_fill":
@@ -365,6 +386,15 @@ def t_inplace(c: Ctx, *, target: str | None = None):
         src = f"{fn}, out={v})"
         special_oop = f"{v}.copy_({_clone_args(fn, names)}))"
         return ("inplace", src.format(**names), special_oop, (), "out")
+    elif family == "foreach":
+        # _foreach_*_: one write per list element
+        o = c.pick(lambda t: t is not tv and _is_float(t) == fl)
+        if o is None or o == v:
+            return None
+        op, arg = rng.choice([("add_", "1.0" if fl else "1"), ("mul_", "2.0" if fl else "2")])
+        src = f"torch._foreach_{op}([{v}, {o}], {arg})"
+        oop = f"{v}.copy_({v}.clone().{op}({arg}))\n{o}.copy_({o}.clone().{op}({arg}))"
+        return ("inplace", src, oop, (), "foreach")
     elif family == "custom":
         # a custom op with mutates_args: auto-functionalized by the pass (no autograd, see
         # customops.py, so only on tensors that do not require grad)
