@@ -227,17 +227,73 @@ def _compile_inner(pure_gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
     from torch._inductor.compile_fx import compile_fx
 
     guards = _hoist_call_time_guards(pure_gm)
-    compiled = compile_fx(pure_gm, list(example_inputs),
+    cloned = _hoist_old_values(pure_gm, example_inputs)
+    extra = [example_inputs[i].clone() for i in cloned]  # what the wrapper passes at call time
+    compiled = compile_fx(pure_gm, [*example_inputs, *extra],
                           config_patches=opts.config_patches() or None)
-    if not guards:
+    if not guards and not cloned:
         return compiled
 
     def guarded(*args):
         for fn, spec in guards:
             fn(*[args[a.index] if isinstance(a, _Placeholder) else a for a in spec])
-        return compiled(*args)
+        return compiled(*args, *[args[i].clone() for i in cloned])
 
     return guarded
+
+
+def _hoist_old_values(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> list[int]:
+    """Move ``fxpurify.runtime.old_value`` clones out of the graph Inductor compiles.
+
+    Where a graph reads an input that requires grad and later writes it back, the pure graph
+    reads a clone of the entry value (``old_value``), so what backward saves is not the tensor
+    the write-back changes. Inside ``compile_fx`` that clone does not survive: AOTAutograd's
+    partitioner prefers to save the *input* and recompute the cheap clone in backward, and the
+    write-back then fails backward's version check. So the clone is made by the backend, outside
+    the compiled graph, and passed in as an extra trailing input; readers use that input.
+
+    Whether the clone happens is decided here, from the example inputs: ``old_value`` clones
+    only when grad mode is on and some input requires grad, and Dynamo guards both, so every
+    call of this compiled graph takes the same branch. Returns the positions of the inputs
+    whose entry value the caller must clone and append, in placeholder order.
+    """
+    from . import runtime
+
+    old_fn = getattr(runtime, "old_value", None)
+    active_fn = getattr(runtime, "autograd_active", None)
+    if old_fn is None or active_fn is None:
+        return []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    index = {n: i for i, n in enumerate(placeholders)}
+    cloned: list[int] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not old_fn or node.kwargs:
+            continue
+        if len(node.args) != 2 or node.args[0] not in index:
+            continue
+        src, flag = node.args
+        if isinstance(flag, torch.fx.Node):
+            if flag.target is not active_fn or flag.kwargs or any(
+                    a not in index for a in flag.args):
+                continue
+            active = active_fn(*[example_inputs[index[a]] for a in flag.args])
+        else:
+            active = bool(flag)
+        if active and torch.is_grad_enabled():
+            with gm.graph.inserting_after(placeholders[-1]):
+                new = gm.graph.placeholder(f"{src.name}_old_value")
+            new.meta.update(node.meta)
+            placeholders.append(new)
+            node.replace_all_uses_with(new)
+            cloned.append(index[src])
+        else:
+            node.replace_all_uses_with(src)  # old_value returns the input itself
+        gm.graph.erase_node(node)
+        if isinstance(flag, torch.fx.Node) and not flag.users:
+            gm.graph.erase_node(flag)
+    gm.graph.lint()
+    gm.recompile()
+    return cloned
 
 
 class _Placeholder(int):

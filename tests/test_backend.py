@@ -591,3 +591,37 @@ def test_dropout_training_is_bit_identical_to_eager_under_the_same_seed():
         assert torch.equal(out, out_ref)
     for p, q in zip(model.parameters(), ref.parameters()):
         assert torch.equal(p.grad, q.grad)
+
+
+def _square_then_bump(x):
+    y = x * x  # autograd saves x ...
+    x.add_(1)  # ... which this overwrites: a graph *input* that requires grad
+    return y
+
+
+@pytest.mark.parametrize("inner", INNERS)
+def test_autograd_unsafe_mutation_of_an_input(inner):
+    # with inner="inductor" this needs the backend to clone the entry value outside the compiled
+    # graph (AOTAutograd would otherwise save the input itself, which the write-back changes)
+    a = torch.randn(3, requires_grad=True)
+    x = a * 1  # non-leaf input that requires grad
+    y = compiled(_square_then_bump, inner, options={"strict": True})(x)
+    y.sum().backward()
+    torch.testing.assert_close(a.grad, 2 * a.detach())  # gradient of the out-of-place program
+    torch.testing.assert_close(x.detach(), a.detach() + 1)  # and the caller sees the write
+
+
+def test_autograd_unsafe_across_a_graph_break_fails_like_eager():
+    # Known limit: the tensor autograd saved (sigmoid's output) leaves the first graph and the
+    # second graph must write the caller-visible tensor back; no per-graph rewrite can avoid
+    # that write, so backward fails exactly as eager's does (rather than computing wrong grads).
+    def f(x):
+        y = x.sigmoid()
+        torch._dynamo.graph_break()
+        y.mul_(2)
+        return y
+
+    x = torch.randn(3, requires_grad=True)
+    out = compiled(f, options={"strict": True})(x)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
