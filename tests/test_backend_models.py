@@ -92,6 +92,7 @@ def test_kv_block_decode_steps_match_eager(inner, device):
             torch.testing.assert_close(step(x + i, p), ref(x + i, p))
             torch.testing.assert_close(state(model), state(ref))
     assert model.n_tokens.item() == ref.n_tokens.item() == 3 + 6
+    assert counters["stats"]["unique_graphs"] == 1  # new positions: no recompile
     assert_purified()
 
 
@@ -142,6 +143,7 @@ def test_llama_static_cache_decode_matches_eager(inner):
             tok = (ids + 7 * i) % 128
             torch.testing.assert_close(step(tok, pos), ref(tok, pos), rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(state(model), state(ref), rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1  # decode steps reuse one graph
     assert_purified()
 
 
