@@ -69,6 +69,14 @@ class FuzzStats:
     def failed(self) -> int:
         return sum(self.outcomes[k] for k in FAILURES)
 
+    def to_dict(self) -> dict:
+        return {"programs": self.programs, "seconds": round(self.seconds, 1),
+                "programs_per_second": round(self.rate, 1), "outcomes": dict(self.outcomes),
+                "refusals": dict(self.refusals), "skipped": dict(self.skipped),
+                "failure_classes": dict(self.failure_classes),
+                "failing_seeds": [f.seed for f in self.failures],
+                "oop_references": self.oop_references}
+
     def summary(self) -> str:
         lines = [f"programs: {self.programs} in {self.seconds:.1f} s ({self.rate:.1f} programs/s)",
                  "outcomes: " + ", ".join(f"{k}={self.outcomes[k]}" for k in

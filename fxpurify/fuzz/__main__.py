@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch.set_num_threads (default 1, so rates are comparable)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--json", metavar="PATH", default=None,
+                    help="also write the figures (counts, rate, failing seeds) as JSON")
     ap.add_argument("--show", type=int, default=20,
                     help="print at most this many reduced reproducers (default 20)")
     args = ap.parse_args(argv)
@@ -46,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     stats = run(args.seed, args.count, time_budget=args.time_budget, reduce=not args.no_reduce,
                 save_failures=args.save_failures, max_stmts=args.max_stmts, progress=progress)
     print(stats.summary())
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(stats.to_dict() | {"seed": args.seed, "count": args.count,
+                                         "torch": torch.__version__,
+                                         "threads": torch.get_num_threads()}, f, indent=1)
     shown = [f for f in stats.failures if f.reduced or args.no_reduce]
     for f in shown[:args.show]:
         print(f"\n===== program {f.seed}: {f.outcome.kind} =====")
