@@ -104,6 +104,15 @@ every link must have run under the mode the write runs under (statically known),
 in-place chain records the same autograd history the out-of-place chain plus copy did.
 Reported as ``inplace_write``; enabled with ``inplace_scatter``.
 
+D. In-place temporaries (no_grad regions)
+----------------------------------------
+Inside a statically ``no_grad`` region (optimizer steps traced with ``pre_dispatch=True``), a
+temporary ``x`` whose last reader is ``y = op(x, ...)`` is reused: ``op_(x, ...)``. This is the
+classic re-inplacing Inductor does, restricted to what can be proven locally: ``x`` owns its
+storage and has no view, ``op`` is its last reader and reads it only as ``self``, layouts match,
+and autograd is off where ``x`` is made and where it is overwritten. See
+``_inplace_temporaries``. Reported as ``inplace_temp``; enabled with ``inplace_scatter``.
+
 C. The epilogue's bracket
 -------------------------
 The core emits its write-backs inside ``b = begin_write_back(...) ... end_write_back(b)``:
@@ -873,6 +882,55 @@ def _inplace_foreach(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
     _drop_empty_brackets(graph)
 
 
+def _mode_before(an: _Analysis, n: fx.Node) -> Any:
+    """Static grad mode in force when ``n`` runs (skipping nodes added since the analysis)."""
+    p = n.prev
+    while p.op != "root" and p not in an.mode_after:
+        p = p.prev
+    return CALLER if p.op == "root" else an.mode_after[p]
+
+
+def _inplace_temporaries(gm: fx.GraphModule, records: list[RecoveryRecord]) -> None:
+    """Transform D: inside a static ``no_grad`` region, ``y = op(x, ...)`` where ``x`` is a fresh
+    temporary that nothing reads after ``op`` becomes ``op_(x, ...)`` (Adam's ``denom`` chain).
+
+    Sound because (1) ``x`` owns its storage and no view of it exists (its alias roots are its
+    own and no other node has it as a root), so only its own readers could see the write;
+    (2) ``op`` is ``x``'s last reader and reads it only as ``self``, so nobody reads the old
+    value afterwards and no operand overlaps the write; (3) both ``x``'s creation and ``op`` run
+    with grad off (static), so autograd saved neither; (4) same layout, so ``y``'s readers see
+    the same strides and dtype. Runs last, after the write-backs have their final places."""
+    graph = gm.graph
+    an = _analyse(graph)
+    pos = an.pos
+    aliased = {r for n, rs in an.roots.items() for r in rs if r is not n}
+    for n in list(graph.nodes):
+        if n.op != "call_function" or not n.args or n.kwargs.get("out") is not None:
+            continue
+        x = n.args[0]
+        if not (isinstance(x, fx.Node) and x.op == "call_function"
+                and isinstance(x.target, torch._ops.OpOverload) and not _is_view(x)
+                and not x.target._schema.is_mutable and x not in aliased):
+            continue
+        if _mode_before(an, n) is not False or _mode_before(an, x) is not False:
+            continue
+        if max(pos.get(u, -1) for u in x.users) != pos[n] or any(
+                a is x for a in tree_leaves((n.args[1:], n.kwargs))):
+            continue
+        sib = _inplace_sibling(n.target, any_op=True)
+        if sib is None or not _same_layout(_val(n), _val(x)):
+            continue
+        with graph.inserting_before(n):
+            new = graph.call_function(sib, n.args, dict(n.kwargs))
+        new.meta = copy.copy(n.meta)
+        new.meta["fxpurify_recover"] = f"in place of {n.name} ({n.target})"
+        n.replace_all_uses_with(x)  # op_ returns self: readers of y now read x, which is y
+        graph.erase_node(n)
+        pos[new] = pos[n]
+        records.append(RecoveryRecord("inplace_temp", x.name, n.name, f"{n.target} -> {sib}",
+                                      _nbytes(_val(x))))
+
+
 def _set_val(new_nodes: list[fx.Node], p: fx.Node) -> None:
     """Carry fake values onto the new nodes where cheap: the final write returns its target."""
     pv = _val(p)
@@ -887,8 +945,9 @@ def recover_memory(pure_gm: fx.GraphModule, *, early_writeback: bool = True,
                    inplace_scatter: bool = True) -> fx.GraphModule:
     """Return a new ``GraphModule`` that runs ``pure_gm`` with less memory.
 
-    ``early_writeback``: transform A; ``inplace_scatter``: transforms B and B' (final scatters
-    and elementwise chains whose result is only written back run in place on the input).
+    ``early_writeback``: transform A; ``inplace_scatter``: transforms B, B' and D (final scatters,
+    elementwise chains and ``_foreach_*`` ops whose result is written back run in place on the
+    input; temporaries in ``no_grad`` regions are reused).
 
     The input is never modified (nodes are copied into a new graph that shares the module's
     parameters and buffers, and keeps its codegen). ``inplace_scatter`` runs first, so the write
@@ -913,6 +972,8 @@ def recover_memory(pure_gm: fx.GraphModule, *, early_writeback: bool = True,
         _inplace_foreach(gm, records)
     if early_writeback:
         _early_writeback(gm, records)
+    if inplace_scatter:
+        _inplace_temporaries(gm, records)
     gm.graph.lint()
     gm.recompile()
     gm.meta["fxpurify_recover"] = records
