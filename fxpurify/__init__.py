@@ -9,7 +9,7 @@ from .check import check_pure, impure_nodes
 from .report import Report, report_of
 
 __all__ = [
-    "purify", "check_pure", "impure_nodes", "Report", "report_of", "trace", "purify_module",
+    "purify", "check_pure", "impure_nodes", "Report", "report_of", "trace", "purify_module", "purify_function",
     "FxPurifyError", "ImpureGraphError", "MissingMetadataError", "UnsupportedError",
 ]
 
@@ -19,7 +19,7 @@ def __getattr__(name):
     if name == "trace":
         from .capture import trace
         return trace
-    if name == "purify_module":
-        from .module import purify_module
-        return purify_module
+    if name in ("purify_module", "purify_function"):
+        from . import module
+        return getattr(module, name)
     raise AttributeError(f"module 'fxpurify' has no attribute {name!r}")

@@ -47,9 +47,13 @@ def purify(gm: torch.fx.GraphModule, example_inputs: Optional[Sequence] = None) 
 
 
 def _refuse_torch_level(gm: torch.fx.GraphModule) -> None:
-    for node in gm.graph.nodes:
-        if node.op in ("call_module", "call_method"):
-            raise InvalidGraphError(
-                f"this is a torch-level graph ({node.op} '{node.target}'), not an ATen graph", node,
-                hint="capture it with fxpurify.trace(fn, *inputs) (or lower a Dynamo graph with "
-                     "fxpurify.capture.lower_dynamo_graph) and purify that")
+    from .capture import torch_level_nodes
+    nodes = torch_level_nodes(gm)
+    if nodes:
+        node = nodes[0]
+        names = ", ".join(n.name for n in nodes[:5]) + (", ..." if len(nodes) > 5 else "")
+        raise InvalidGraphError(
+            f"this is a torch-level graph ({node.op} '{getattr(node.target, '__name__', node.target)}'; "
+            f"torch-level nodes: {names}), not an ATen graph", node,
+            hint="capture it with fxpurify.trace(fn, *inputs) (or lower a Dynamo graph with "
+                 "fxpurify.capture.lower_dynamo_graph) and purify that")
