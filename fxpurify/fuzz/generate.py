@@ -209,6 +209,24 @@ def _same_as_twin(env: dict, src: str, oop: str) -> bool:
     return True
 
 
+def _replay(inputs: list[str], seed: int, stmts: list) -> tuple[dict, list]:
+    """Rebuild the env by running ``stmts`` from fresh inputs and a fresh RNG seed.
+
+    Returns the env and the statements that replayed. A replay can diverge from the first run
+    (random statements drew from another point of the RNG stream then), so it may stop early;
+    the caller then keeps only that prefix."""
+    env = _fresh_env(inputs, seed)
+    torch.manual_seed(seed)
+    ok = []
+    for st in stmts:
+        try:
+            exec(st.src, env)
+        except Exception:
+            break
+        ok.append(st)
+    return env, ok
+
+
 def generate(seed: int, *, max_stmts: int | None = None) -> Program:
     """A random program that runs forward in eager by construction (see module docstring)."""
     rng = random.Random(seed)
@@ -244,9 +262,12 @@ def generate(seed: int, *, max_stmts: int | None = None) -> Program:
             except Exception:
                 # Eager rejects it; the env may be half-written, so rebuild it from scratch.
                 counter[0] = saved_counter
-                env = _fresh_env(inputs, seed)
-                for st in stmts:
-                    exec(st.src, env)
+                env, replayed = _replay(inputs, seed, stmts)
+                if len(replayed) < len(stmts):
+                    # The replay diverged: keep the prefix that replays, stop growing.
+                    stmts = replayed
+                    env, _ = _replay(inputs, seed, stmts)
+                    break
                 continue
             stmts.append(Stmt(kind, src, oop, tuple(defines), family))
     # Returns: recent values, views of inputs, sometimes an input itself.
