@@ -352,6 +352,12 @@ class Functionalizer:
                     "unfold or as_strided): one element would receive several values",
                     origin, pattern="overlapping-write",
                     hint="clone the view before writing to it, or write into the base tensor")
+        if root.input_node is not None and not root.mutated and _is_tensor(_val(root.input_node)) \
+                and views.may_overlap(_val(root.input_node)):
+            raise UnsupportedError(
+                f"write into input '{root.input_node.name}', whose elements overlap in memory "
+                "(e.g. an expanded tensor): its new value cannot be written back",
+                origin, pattern="overlapping-write", hint="pass a contiguous input (e.g. .clone() it)")
         value = self._match_dtype(value, ref.val, origin)
         root.mutated = True
         root.last_writer = origin
@@ -566,6 +572,9 @@ class Functionalizer:
         self.env[node] = Ref(ref.root, ref.path + (step,), val)
 
     def _mutation(self, node, op, info):
+        if op._schema.name.startswith("aten::_foreach_") and info.written == ("self",) and not info.is_out:
+            if self._foreach_per_element(node, op):
+                return
         variant = functional_variant(op)
         if variant is None:
             raise UnsupportedError(
@@ -613,6 +622,12 @@ class Functionalizer:
                 continue
             value = results[info.fresh_returns + i]
             if isinstance(target, (list, tuple)):
+                roots = [self.ref_of(t, node).root for t in target]
+                if len({id(r) for r in roots}) != len(roots):
+                    raise UnsupportedError(
+                        f"{op} writes a list whose tensors share memory: eager writes them one after "
+                        "the other, a list-wise pure op cannot", node, pattern="aliased-foreach",
+                        hint="pass distinct tensors, or loop over the in-place op")
                 for k, t in enumerate(target):
                     item = self.call(operator.getitem, (value, k), origin=node)
                     self.write(self.ref_of(t, node), item, node)
@@ -651,6 +666,53 @@ class Functionalizer:
             elif isinstance(value, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in value):
                 return None
         return this
+
+    def _foreach_per_element(self, node, op) -> bool:
+        """``_foreach_add_(xs, ...)`` as one pure op per element (``add(xs[i], ...)``).
+
+        The list-wise pure op makes every output require grad when any input does; eager's
+        in-place foreach leaves each tensor's ``requires_grad`` as it was. Per element it is exact.
+        Returns False (use the list-wise op) when no per-element overload matches."""
+        base = op._schema.name.split("::")[-1][len("_foreach_"):-1]
+        packet = getattr(aten, base, None)
+        if packet is None:
+            return False
+        bound = bind_args(op, node.args, node.kwargs)
+        selfs = bound["self"]
+        keyword = {"alpha": "alpha", "value": "value"}
+        if base.startswith("addc") or base == "lerp":
+            keyword.update({"scalar": "value" if base.startswith("addc") else "weight",
+                            "scalars": "value" if base.startswith("addc") else "weight"})
+        plan = []
+        for i, target in enumerate(selfs):
+            # Read, compute and write one element at a time, as eager's per-tensor loop does:
+            # elements that alias each other see the earlier elements' writes.
+            args, kwargs = [self.read(self.ref_of(target, node))], {}
+            for a in op._schema.arguments[1:]:
+                value = bound[a.name]
+                if isinstance(value, (list, tuple)):
+                    value = value[i]
+                value = self.read_arg(value)
+                if a.name in keyword:
+                    kwargs[keyword[a.name]] = value
+                else:
+                    args.append(value)
+            try:
+                fake_args, fake_kwargs = torch.fx.node.map_arg((args, kwargs), _val)
+                overload = torch._C._jit_resolve_packet(f"aten::{base}", *fake_args, **fake_kwargs)
+            except Exception:
+                if i == 0:
+                    return False
+                raise UnsupportedError(f"no per-element form of {op} for element {i}", node,
+                                       pattern="foreach", hint="use a loop of in-place ops")
+            elem_op = getattr(packet, overload)
+            plan.append(elem_op)
+            value = self.call(elem_op, args, kwargs, origin=node, note=f"was {op} (element {i})")
+            self.write(self.ref_of(target, node), value, node)
+        self.report.add("functionalized", node, f"{plan[0]} per element" if plan else "-",
+                        "in-place foreach op replaced by one pure op per element")
+        self.env[node] = None
+        return True
 
     def _may_require_grad(self, arg) -> bool:
         ref = self.env.get(arg)
@@ -763,10 +825,14 @@ class Functionalizer:
             return
         value = self.read_arg(bound["src"])
         have, want = _val(value), dst.val
+        if self.grad_enabled is False or not (want.dtype.is_floating_point or want.dtype.is_complex):
+            # Under no_grad (or into a dtype autograd cannot track) the copy carries no history.
+            value = self.call(aten.detach.default, (value,), origin=node, val=have)
         if have.dtype != want.dtype or have.device != want.device:
             value = self.call(aten._to_copy.default, (value,), {"dtype": want.dtype, "device": want.device},
                               origin=node, note="was copy_ (dtype/device conversion)")
-        if self._may_require_grad_root(dst.root):
+        if self.grad_enabled is not False and (want.dtype.is_floating_point or want.dtype.is_complex) \
+                and self._may_require_grad_root(dst.root):
             # dst may require grad: after copy_ it still does (gradient zero w.r.t. its old
             # value), however src was made. where(True, src, old) is exactly that, and
             # broadcasts src as copy_ does.

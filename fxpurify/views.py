@@ -307,14 +307,28 @@ def _as_strided_fallback(e, step, base, value):
         raise UnsupportedError(f"cannot write through {step.op} with symbolic sizes or strides", step.source,
                                pattern="symbolic-as-strided-write",
                                hint="trace with static shapes, or write with slicing/index ops")
-    if not base.meta["val"].is_contiguous():
-        # as_strided_scatter's gradient reads storage coordinates off the incoming gradient,
-        # which is laid out contiguously: exact only for a contiguous base.
+    base_val = base.meta["val"]
+    if not base_val.is_contiguous() or not isinstance(base_val.storage_offset(), int):
         raise UnsupportedError(f"cannot write through {step.op} into a non-contiguous tensor", step.source,
                                pattern="stride-sensitive-write",
                                hint="make the tensor contiguous before taking this view, or write "
                                     "with slicing/index ops")
-    return e.call(aten.as_strided_scatter.default, (base, value, size, stride, offset), origin=step.source)
+    # Not as_strided_scatter: its derivative w.r.t. the base is wrong in torch 2.13. A contiguous
+    # base is its storage laid flat, so the view's elements are the flat positions
+    # offset + sum_i arange(size_i) * stride_i (distinct: overlapping writes were refused),
+    # and index_put writes them exactly, with correct gradients.
+    device = base_val.device
+    index = offset - base_val.storage_offset()
+    for d, (n, st) in enumerate(zip(size, stride)):
+        steps = e.call(aten.arange.default, (n,), {"dtype": torch.long, "device": device})
+        term = e.call(aten.view.default, (e.call(aten.mul.Tensor, (steps, st)),
+                                          [n if i == d else 1 for i in range(len(size))]))
+        index = term if isinstance(index, int) and index == 0 and d == 0 else e.call(aten.add.Tensor, (term, index))
+    if isinstance(index, int):   # 0-dim view: a single position
+        index = e.call(aten.scalar_tensor.default, (index,), {"dtype": torch.long, "device": device})
+    flat = e.call(aten.view.default, (base, [-1]))
+    written = e.call(aten.index_put.default, (flat, [index], value), origin=step.source)
+    return e.call(aten.view.default, (written, list(base_val.shape)), origin=step.source)
 
 
 def _unfold(e, step, base, value):

@@ -436,37 +436,20 @@ _CASES = [
 
 
 _BUGS = {
-    "foreach_add_over_aliased_elements": "core: _foreach_*_ whose list elements alias each other "
-                                         "(eager writes them one after the other): silently wrong",
     "foreach_add_over_grad_and_non_grad_tensors": "core: the functional _foreach op makes every "
                                                   "output require grad when one input does",
     "normal_after_write_to_transposed_input": "core: normal_ after a write that changed the "
                                               "tensor's layout draws in another element order",
-    "copy_under_no_grad_into_fresh_tensor": "core: copy_ under no_grad is forwarded as the source "
-                                            "itself, so the result requires grad (eager: it does "
-                                            "not) and gradients flow into the source",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
                                           "is not refused (the refusal looks at the current "
                                           "value's layout, not the input's): silently wrong",
-    "as_strided_metadata_mutation_then_fill_of_non_leaf_input": "core: wrong gradient after "
-                                                                "as_strided_ + fill_ of a "
-                                                                "non-leaf input",
     "read_non_leaf_input_twice_after_unsqueeze_": "core: backward fails (version counter) after "
                                                   "unsqueeze_ of a non-leaf input read twice",
-    "as_strided_write_into_intermediate_requiring_grad": "core uses aten.as_strided_scatter, "
-                                                         "whose derivative w.r.t. self is wrong "
-                                                         "in torch 2.13 (gives the scattered "
-                                                         "region's grad, not its complement)",
     "int_input_written_from_value_requiring_grad": "core: the purified graph raises 'Autograd not "
                                                    "support dtype: Long' when an integer input "
                                                    "is written with a value that requires grad",
     "metadata_mutation_after_self_copy_of_input": "core: an input's metadata mutation after a "
                                                   "copy_ onto itself is lost (shape differs)",
-    "write_into_slice_of_expanded_input": "core: the purified graph raises 'more than one element "
-                                          "of the written-to tensor refers to a single memory "
-                                          "location' (crash instead of result or refusal)",
-    "as_strided_fill_of_non_leaf_input": "core uses aten.as_strided_scatter, whose derivative "
-                                         "w.r.t. self is wrong in torch 2.13",
     "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
                                                        "operands that require grad loses "
                                                        "requires_grad",
