@@ -38,9 +38,17 @@ def _fake_modes(gm) -> set:
     return modes
 
 
+def _produces_value(node) -> bool:
+    if node.op == "placeholder":
+        return True
+    target = node.target
+    # Grad-mode switches, asserts, ops returning () carry no value: their missing "val" is fine.
+    return node.op == "call_function" and isinstance(target, torch._ops.OpOverload) \
+        and len(target._schema.returns) > 0
+
+
 def needs_metadata(gm: torch.fx.GraphModule) -> bool:
-    nodes = [n for n in gm.graph.nodes if n.op in ("placeholder", "call_function")]
-    return any("val" not in n.meta for n in nodes) or len(_fake_modes(gm)) > 1
+    return any("val" not in n.meta for n in gm.graph.nodes if _produces_value(n)) or len(_fake_modes(gm)) > 1
 
 
 class _SnapshotProp(torch.fx.Interpreter):

@@ -328,7 +328,7 @@ def _as_strided_fallback(e, step, base, value):
         index = e.call(aten.scalar_tensor.default, (index,), {"dtype": torch.long, "device": device})
     flat = e.call(aten.view.default, (base, [-1]))
     written = e.call(aten.index_put.default, (flat, [index], value), origin=step.source)
-    return e.call(aten.view.default, (written, list(base_val.shape)), origin=step.source)
+    return e.call(aten.view.default, (written, sizes_of(e, base)), origin=step.source)
 
 
 def _unfold(e, step, base, value):
