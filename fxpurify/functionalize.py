@@ -679,6 +679,12 @@ class Functionalizer:
             return False
         bound = bind_args(op, node.args, node.kwargs)
         selfs = bound["self"]
+        roots = [self.ref_of(t, node).root for t in selfs]
+        if len({id(r) for r in roots}) != len(roots):
+            raise UnsupportedError(
+                f"{op} writes a list whose tensors share memory; autograd of eager's in-place "
+                "foreach over aliased tensors has no pure equivalent", node, pattern="aliased-foreach",
+                hint="pass distinct tensors, or loop over the in-place op")
         keyword = {"alpha": "alpha", "value": "value"}
         if base.startswith("addc") or base == "lerp":
             keyword.update({"scalar": "value" if base.startswith("addc") else "weight",
@@ -819,7 +825,7 @@ class Functionalizer:
         bound = bind_args(aten.copy_.default, node.args, node.kwargs)
         dst = self.ref_of(bound["self"], node)
         src = self.env.get(bound["src"])
-        if isinstance(src, Ref) and src.root is dst.root and src.path == dst.path:
+        if isinstance(src, Ref) and src.root is dst.root and _value_path(src.path) == _value_path(dst.path):
             self.report.add("copy-removed", node, "-", "copy of a tensor onto itself")
             self.env[node] = dst
             return
@@ -924,6 +930,15 @@ class _FreshList:
     """A pure op returning a list/tuple of fresh tensors; ``getitem`` makes each a root."""
 
     node: torch.fx.Node
+
+
+_IDENTITY_VIEWS = {aten.detach.default, aten.alias.default, aten.lift_fresh.default}
+
+
+def _value_path(path: tuple) -> tuple:
+    """A view path without the steps that change nothing about the values (``detach``,
+    ``alias``): two tensors with equal value paths hold the same elements."""
+    return tuple(step for step in path if step.op not in _IDENTITY_VIEWS)
 
 
 def _written_storages(gm) -> set:

@@ -436,8 +436,6 @@ _CASES = [
 
 
 _BUGS = {
-    "foreach_add_over_grad_and_non_grad_tensors": "core: the functional _foreach op makes every "
-                                                  "output require grad when one input does",
     "normal_after_write_to_transposed_input": "core: normal_ after a write that changed the "
                                               "tensor's layout draws in another element order",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
