@@ -325,6 +325,9 @@ class Functionalizer:
         self.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
                         "written under no_grad, read with grad on: later reads read the input itself")
         root.value, root.mutated = ph, False
+        # Later reads see the input itself; if it is written again, autograd must not have
+        # saved it: read it through old_value again (dropped in clean-up where not needed).
+        root.needs_snapshot = True
 
     def _restore_history(self, root: Root):
         """A tensor that requires grad, written under ``no_grad`` and read after with grad on:
@@ -825,7 +828,7 @@ class Functionalizer:
         bound = bind_args(aten.copy_.default, node.args, node.kwargs)
         dst = self.ref_of(bound["self"], node)
         src = self.env.get(bound["src"])
-        if isinstance(src, Ref) and src.root is dst.root and _value_path(src.path) == _value_path(dst.path):
+        if isinstance(src, Ref) and src.root is dst.root and src.path == dst.path:
             self.report.add("copy-removed", node, "-", "copy of a tensor onto itself")
             self.env[node] = dst
             return
@@ -930,15 +933,6 @@ class _FreshList:
     """A pure op returning a list/tuple of fresh tensors; ``getitem`` makes each a root."""
 
     node: torch.fx.Node
-
-
-_IDENTITY_VIEWS = {aten.detach.default, aten.alias.default, aten.lift_fresh.default}
-
-
-def _value_path(path: tuple) -> tuple:
-    """A view path without the steps that change nothing about the values (``detach``,
-    ``alias``): two tensors with equal value paths hold the same elements."""
-    return tuple(step for step in path if step.op not in _IDENTITY_VIEWS)
 
 
 def _written_storages(gm) -> set:
