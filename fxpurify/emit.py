@@ -120,10 +120,13 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
         val = _val(shaped)
         if views.same_metadata(val, _val(root.input_node)):
             continue   # metadata changed and changed back: nothing for the caller to see
-        size, stride, offset = list(val.shape), list(val.stride()), val.storage_offset()
-        if not all(isinstance(s, int) for s in size + stride + [offset]):
-            raise UnsupportedError("metadata mutation of an input with symbolic sizes", ref.path[-1].source,
-                                   pattern="metadata-mutation-symbolic", hint="trace with static shapes")
+        # Symbolic sizes/strides come from graph nodes of the replayed view, never baked SymInts.
+        size = views.sizes_of(fz, shaped)
+        stride = [s if isinstance(s, int) else fz.call(aten.sym_stride.int, (shaped, d))
+                  for d, s in enumerate(val.stride())]
+        offset = val.storage_offset()
+        if not isinstance(offset, int):
+            offset = fz.call(aten.sym_storage_offset.default, (shaped,))
         fz.call(aten.as_strided_.default, (root.input_node, size, stride, offset), origin=ref.path[-1].source,
                 val=val, note=f"metadata of input {root.input_node.name} changed by {ref.path[-1].source.target}")
         fz.report.add("metadata-epilogue", ref.path[-1].source, "aten.as_strided_",
