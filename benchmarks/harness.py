@@ -294,6 +294,17 @@ def _same(a: list, b: list, loose: bool) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def cold_compile_caches():
+    """First-call compile time means a cold compile: Inductor's on-disk FX graph cache and
+    AOTAutograd's cache would otherwise turn a second benchmark run into cache hits."""
+    import torch._functorch.config as fconfig
+    import torch._inductor.config as iconfig
+
+    with iconfig.patch(fx_graph_cache=False), fconfig.patch(enable_autograd_cache=False):
+        yield
+
+
 def _compile(name: str, fn: Callable) -> Callable:
     torch._dynamo.reset()
     if name in ("aot_eager", "inductor"):
@@ -325,6 +336,16 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
     ref = _snapshot(_step(w.fn, ref_inputs, w, backward), ref_inputs, backward)
 
     results = []
+    with cold_compile_caches():
+        _measure_variants(w, graphs, ref, backward, anchor, s, results)
+    torch._dynamo.reset()
+    return results
+
+
+def _measure_variants(w: Workload, graphs: dict, ref: list, backward: bool, anchor: Any,
+                      s: Settings, results: list) -> None:
+    from fxpurify.recover import records_of
+
     order = [v for v in s.variants if v in graphs or v in COMPILE_VARIANTS]
     if w.group == "scaling":
         order = [v for v in order if v in s.scaling_variants]
@@ -365,5 +386,3 @@ def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunRe
             log.debug("variant %s failed:\n%s", v, traceback.format_exc())
         results.append(r)
         gc.collect()
-    torch._dynamo.reset()
-    return results

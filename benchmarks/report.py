@@ -231,27 +231,49 @@ def _plots(out_dir: str, pass_results: list[PassResult], run_results: list[RunRe
            if r.workload in eager and r.variant != "eager" and r.peak_bytes is not None
            and r.step_ms and eager[r.workload].step_ms and eager[r.workload].peak_bytes]
     if pts:
-        fig, ax = plt.subplots(figsize=(7, 5))
-        markers = dict(zip(sorted({r.variant for r, _ in pts}), "osD^v<>px*"))
-        for wl in sorted({r.workload for r, _ in pts}):
-            for r, e in pts:
-                if r.workload == wl:
-                    ax.scatter(r.step_ms / e.step_ms, r.peak_bytes / e.peak_bytes,
-                               marker=markers[r.variant], label=f"{wl}/{r.variant}", s=30)
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        variants = sorted({r.variant for r, _ in pts})
+        workloads = sorted({r.workload for r, _ in pts})
+        colors = dict(zip(variants, plt.get_cmap("tab10").colors))
+        markers = dict(zip(workloads, "osD^v<>pPX*h"))
+        for r, e in pts:
+            ax.scatter(r.step_ms / e.step_ms, r.peak_bytes / e.peak_bytes, s=36,
+                       color=colors[r.variant], marker=markers[r.workload], alpha=0.85)
+        from matplotlib.lines import Line2D
+
+        handles = ([Line2D([], [], ls="", marker="o", color=colors[v], label=v) for v in variants]
+                   + [Line2D([], [], ls="", marker=markers[w], color="grey", label=w)
+                      for w in workloads])
         ax.axvline(1.0, color="grey", lw=0.5)
         ax.axhline(1.0, color="grey", lw=0.5)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step time ÷ eager")
         ax.set_ylabel("peak live memory ÷ eager")
-        ax.set_title("price of purity: time vs memory (eager = 1, 1)")
-        ax.legend(fontsize=5, ncol=2)
+        ax.set_title("price of purity: time vs memory (eager = 1, 1; lower left is better)")
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         p = os.path.join(out_dir, "tradeoff.png")
         fig.savefig(p, dpi=110)
         plt.close(fig)
         files.append(p)
     return files
+
+
+def replot(json_path: str, out_dir: str) -> list[str]:
+    """Redraw the PNGs from a results.json (no re-measuring)."""
+    from .harness import Timing
+
+    with open(json_path) as f:
+        data = json.load(f)
+
+    def timing(d):
+        return Timing(**d) if d else None
+
+    passes = [PassResult(**{**d, **{k: timing(d[k]) for k in ("fxpurify", "anchor", "floor")}})
+              for d in data["pass"]]
+    runs = [RunResult(**d) for d in data["runs"]]
+    return _plots(out_dir, passes, runs)
 
 
 def write_outputs(out_dir: str, env: dict, pass_results: list[PassResult],

@@ -557,8 +557,11 @@ def test_inplace_foreach_write(purifier):
     pure = purifier(f, *_clone(args))
     rec = recover_memory(pure)
     assert "inplace_write" in [r.kind for r in records_of(rec)], rec.code
-    assert aten._foreach_add_.List in _targets(rec)
-    assert aten._foreach_add.List not in _targets(rec)
+    # the stand-in keeps one _foreach_add; the core may emit it per element: either way the
+    # final write now runs in place, and no functional add into the inputs remains
+    targets = _targets(rec)
+    assert aten._foreach_add_.List in targets or targets.count(aten.add_.Tensor) == 4
+    assert aten._foreach_add.List not in targets
     flat = (lambda a: a) if purifier is _functionalize else (lambda a: [t for g in a for t in g])
     ea, ga = _clone(args), _clone(args)
     torch.testing.assert_close(list(rec(*flat(ga))), f(*ea))
