@@ -221,7 +221,7 @@ class Functionalizer:
         return Ref(root, (), _val(orig) if orig is not None else _val(value_node))
 
     def apply_step(self, base: torch.fx.Node, step: views.ViewStep) -> torch.fx.Node:
-        key = (base, step)
+        key = (base, step, self.grad_enabled)   # a view made under no_grad differs for autograd
         hit = self.view_cache.get(key)
         if hit is not None:
             return hit
@@ -241,7 +241,7 @@ class Functionalizer:
                 node = self.call(step.op, (base,) + step.args, dict(step.kwargs), origin=step.source,
                                  val=step.val if unchanged else None)
         else:
-            parent_key = (base, step.op, step.args, step.kwargs)
+            parent_key = (base, step.op, step.args, step.kwargs, self.grad_enabled)
             parent = self.view_cache.get(parent_key)
             if parent is None:
                 parent = self.call(step.op, (base,) + step.args, dict(step.kwargs), origin=step.source)
