@@ -316,7 +316,7 @@ def _compile(name: str, fn: Callable) -> Callable:
 
 
 def measure_runs(w: Workload, pure: Any, anchor: Any, s: Settings) -> list[RunResult]:
-    from fxpurify.recover import recover_memory, records_of
+    from fxpurify.recover import recover_memory
 
     backward = w.train
     graphs: dict[str, Any] = {"eager": w.fn}

@@ -138,7 +138,7 @@ import copy
 import dataclasses
 import logging
 import operator
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
