@@ -33,7 +33,7 @@ def test_tables_are_printed_with_context(quick_run):
     assert stdout.count("machine:") >= 2  # before the progress lines and with the tables
 
 
-def test_json_csv_markdown_and_plots(quick_run):
+def test_json_csv_and_markdown(quick_run):
     out, _ = quick_run
     data = json.loads((out / "results.json").read_text())
     assert {"environment", "pass", "runs", "targets"} <= set(data)
@@ -51,6 +51,11 @@ def test_json_csv_markdown_and_plots(quick_run):
         assert len(list(csv.DictReader(f))) == len(data["pass"])
     md = (out / "results.md").read_text()
     assert "## Pass time" in md and "## Targets" in md
+
+
+def test_plots(quick_run):
+    pytest.importorskip("matplotlib")  # the `bench` extra; plots are skipped without it
+    out, _ = quick_run
     for png in ("pass_scaling.png", "tradeoff.png"):
         assert (out / png).stat().st_size > 1000
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
