@@ -400,7 +400,15 @@ def normal_after_write_to_transposed_input(x):
     return x
 
 
+def copy_of_input_alias_into_fresh_tensor(x):
+    t = x + x
+    with torch.no_grad():
+        t.copy_(x.float())  # x.float() is x itself
+    return t
+
+
 _CASES = [
+    ("copy_of_input_alias_into_fresh_tensor", copy_of_input_alias_into_fresh_tensor, lambda: [_r(3, 4)], {"pre_dispatch": True}),
     ("foreach_add_over_aliased_elements", foreach_add_over_aliased_elements, lambda: [_r(3, 3)], {}),
     ("foreach_add_over_grad_and_non_grad_tensors", foreach_add_over_grad_and_non_grad_tensors, lambda: [_leaf(4, 1, 3), _r(8).double()], {}),
     ("normal_after_write_to_transposed_input", normal_after_write_to_transposed_input, lambda: [_r(3, 3).mT], {}),
@@ -436,6 +444,9 @@ _CASES = [
 
 
 _BUGS = {
+    "copy_of_input_alias_into_fresh_tensor": "core: copy_ forwarding returns the source itself, "
+                                             "so the output aliases the input (eager: a fresh "
+                                             "tensor holding a copy)",
     "normal_after_write_to_transposed_input": "core: normal_ after a write that changed the "
                                               "tensor's layout draws in another element order",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
