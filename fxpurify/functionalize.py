@@ -590,6 +590,14 @@ class Functionalizer:
         if info.is_out:
             out_vals = [_val(bound[w]) for w in written]
         fbound = {name: self.read_arg(bound[src]) for name, src in zip(variant.arg_names, variant.sources)}
+        written_vals = [_val(bound[w]) for w in info.written if isinstance(bound.get(w), torch.fx.Node)]
+        if written_vals and all(_is_tensor(v) and not (v.dtype.is_floating_point or v.dtype.is_complex)
+                                for v in written_vals):
+            # An integer result cannot require grad: its float operands' history is irrelevant
+            # (eager writes the converted values), and autograd refuses integer outputs.
+            fbound = {k: self.call(aten.detach.default, (v,), origin=node, val=_val(v))
+                      if isinstance(v, torch.fx.Node) and _is_tensor(_val(v)) and _val(v).dtype.is_floating_point
+                      else v for k, v in fbound.items()}
         self_name = variant.arg_names[0] if variant.arg_names else None
         grad_link = variant.target in NO_DERIVATIVE_FILLS and self._may_require_grad(bound["self"])
         if grad_link:   # the fill's values do not depend on self: give it a detached self

@@ -102,8 +102,18 @@ def with_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Optional[Sequen
     copy.meta.update(getattr(gm, "meta", {}))
     # no_grad: only metadata is wanted, and autograd would reject in-place ops on fake leaves
     # (an optimizer step's parameters) that eager ran under no_grad.
-    with mode, torch.no_grad():
-        _SnapshotProp(copy, mode).run(*fake_inputs)
+    prop = _SnapshotProp(copy, mode)
+    try:
+        with mode, torch.no_grad():
+            prop.run(*fake_inputs)
+    except Exception as e:  # a typed refusal, never a crash deep inside fake tensors
+        from .errors import UnsupportedError
+        node = next((n for n in copy.graph.nodes if n.op != "output" and "val" not in n.meta), None)
+        raise UnsupportedError(
+            f"could not compute fake-tensor metadata for this graph ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})", node, pattern="metadata-propagation",
+            hint="trace with tracing_mode='fake' or 'symbolic' (fxpurify.trace / make_fx), which "
+                 "records metadata, instead of real mode") from e
     return copy
 
 
@@ -112,8 +122,11 @@ def _to_mode(mode: FakeTensorMode, x):
         return x
     if isinstance(x, FakeTensor):
         # Always a new tensor: running the graph must not mutate the caller's fake values.
+        # Same storage size and offset as x, so storage-relative views (as_strided) stay in bounds.
+        numel = x.untyped_storage().nbytes() // x.element_size()
         with mode:
-            out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+            storage = torch.empty(numel, dtype=x.dtype, device=x.device)
+            out = storage.as_strided(x.shape, x.stride(), x.storage_offset())
         return out
     # Values carry no autograd state (like make_fx's): only metadata and aliasing matter here.
     return mode.from_tensor(x.detach())

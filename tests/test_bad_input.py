@@ -220,9 +220,6 @@ def test_leaf_requiring_grad_mutated_under_no_grad_works_with_grads():
     assert s.grads == ["input[0]"]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: purify re-propagates fake metadata and dies "
-                   "with torch's DynamicOutputShapeException on data-dependent ops (boolean "
-                   "mask indexing) instead of working or raising a typed error")
 def test_data_dependent_output_shape():
     def f(x, m):
         x.mul_(2)

@@ -469,9 +469,6 @@ _BUGS = {
                                 "input that was also written with grad",
 }
 _XFAIL: dict[tuple[str, bool], str] = {(n, ex): r for n, r in _BUGS.items() for ex in (False, True)}
-_XFAIL[("as_strided_metadata_mutation_of_aliased_input", False)] = (
-    "core: purify crashes (setStorage out of bounds in metadata propagation) on as_strided_ of "
-    "an input that shares storage with another, instead of refusing")
 
 
 def _params():
