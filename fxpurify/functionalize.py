@@ -524,7 +524,7 @@ class Functionalizer:
         if isinstance(v, Multi):
             self.env[node] = v.items[index]
         elif isinstance(v, MultiView):
-            step = views.single_output_step(v.op, v.args, v.kwargs, index, node, v.base_val)
+            step = self._single_output_step(v, index, node)
             self.env[node] = Ref(v.ref.root, v.ref.path + (step,), _val(node))
         elif isinstance(v, _FreshList):
             new = self.call(operator.getitem, (v.node, index), origin=node, val=_val(node))
@@ -730,6 +730,18 @@ class Functionalizer:
                         "in-place foreach op replaced by one pure op per element")
         self.env[node] = None
         return True
+
+    def _single_output_step(self, v, index, node):
+        """The ``index``-th output of a multi-output view as a single-output view step. With a
+        symbolic ``split`` size the bounds become graph nodes, so it is a plain ``slice`` too
+        (a multi-output view breaks autograd once its base is written back)."""
+        if v.op is aten.split.Tensor and isinstance(v.args[0], torch.fx.Node):
+            b = bind_args(v.op, (None,) + v.args, dict(v.kwargs))
+            size = b["split_size"]
+            start = self.call(operator.mul, (size, index))
+            end = self.call(operator.mul, (size, index + 1))
+            return views.ViewStep(aten.slice.Tensor, (b["dim"], start, end), (), None, node, v.base_val)
+        return views.single_output_step(v.op, v.args, v.kwargs, index, node, v.base_val)
 
     def _may_require_grad(self, arg) -> bool:
         ref = self.env.get(arg)
