@@ -348,8 +348,8 @@ class Functionalizer:
                 f"input(s) {', '.join(str(n) for n in root.aliased_inputs)}", origin, pattern="aliased-inputs",
                 hint="pass inputs that do not share storage (e.g. .clone() one of them), or retrace")
         if ref.path:
-            target_val = ref.path[-1].val
-            if target_val is not None and views.may_overlap(target_val):
+            overlapping = [step.val for step in ref.path if step.val is not None and views.may_overlap(step.val)]
+            if overlapping:
                 raise UnsupportedError(
                     "write into a view whose elements overlap in memory (expand, overlapping "
                     "unfold or as_strided): one element would receive several values",
@@ -554,6 +554,8 @@ class Functionalizer:
             return self._mutation(node, op, info)
         if info.is_view or info.is_multi_view:
             return self._view(node, op, info)
+        if info.is_random and op._schema.name.endswith("_like") and self._draw_like_eager(node):
+            return
         self._copy(node)
 
     def _view(self, node, op, info):
@@ -613,6 +615,13 @@ class Functionalizer:
                     if k in ("dtype", "device", "layout") and like is not None:
                         kwargs[k] = getattr(like, k)
         self_val = _val(args[0]) if args else None
+        eager_val = self.env[bound["self"]].val if info.is_random and isinstance(self.env.get(bound.get("self")), Ref) \
+            else None
+        if _is_tensor(self_val) and _is_tensor(eager_val) and eager_val.is_contiguous() and not self_val.is_contiguous():
+            # Draw order follows memory order: give the draw eager's (contiguous) layout.
+            args = (self.call(aten.clone.default, (args[0],), {"memory_format": torch.contiguous_format},
+                              origin=node),) + tuple(args[1:])
+            self_val = _val(args[0])
         if _is_tensor(self_val) and not self_val.is_contiguous() and (
                 variant.target in DRAW_ORDER_SENSITIVE or (variant.target is aten.normal_functional.default
                                                            and not views.is_dense(self_val))):
@@ -729,6 +738,19 @@ class Functionalizer:
         self.report.add("functionalized", node, f"{plan[0]} per element" if plan else "-",
                         "in-place foreach op replaced by one pure op per element")
         self.env[node] = None
+        return True
+
+    def _draw_like_eager(self, node) -> bool:
+        """``randn_like(t)`` draws in ``t``'s memory order. A pure value may be laid out
+        differently from eager's tensor, so the draw gets an ``empty_strided`` template with
+        eager's exact (static) layout: same values, bit for bit."""
+        like = _val(node.args[0])
+        if not _is_tensor(like) or not views.is_static(like) or like.is_contiguous():
+            return False
+        template = self.call(aten.empty_strided.default, (list(like.shape), list(like.stride())),
+                             {"dtype": like.dtype, "device": like.device}, origin=node)
+        new = self.graph.node_copy(node, lambda a: template if a is node.args[0] else self._read_one(a))
+        self.env[node] = self.new_root(new, node)
         return True
 
     def _single_output_step(self, v, index, node):

@@ -447,8 +447,6 @@ _BUGS = {
     "copy_of_input_alias_into_fresh_tensor": "core: copy_ forwarding returns the source itself, "
                                              "so the output aliases the input (eager: a fresh "
                                              "tensor holding a copy)",
-    "normal_after_write_to_transposed_input": "core: normal_ after a write that changed the "
-                                              "tensor's layout draws in another element order",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
                                           "is not refused (the refusal looks at the current "
                                           "value's layout, not the input's): silently wrong",
