@@ -55,7 +55,6 @@ import torch.fx.traceback as fx_traceback
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 log = logging.getLogger(__name__)
 
@@ -251,22 +250,6 @@ def _errors():
     return errors
 
 
-class _ConstantsAsFakeProp(FakeTensorProp):
-    """``FakeTensorProp`` that fakes ``get_attr`` tensors before any op sees them.
-
-    A ``FakeTensorMode`` that allows real inputs runs an op whose tensor arguments are all real
-    *for real*: without this, propagating over ``add_(_tensor_constant0, 1)`` (the
-    ``num_batches_tracked`` of a BatchNorm the traced function closes over) would bump the
-    user's buffer once more.
-    """
-
-    def get_attr(self, target, args, kwargs):
-        val = super().get_attr(target, args, kwargs)
-        if isinstance(val, torch.Tensor) and not isinstance(val, FakeTensor):
-            return self._mode.from_tensor(val, static_shapes=True)
-        return val
-
-
 def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> None:
     """Re-derive every ``meta["val"]`` of a real-mode trace in *one* fake mode.
 
@@ -291,8 +274,8 @@ def _unify_fake_metadata(gm: torch.fx.GraphModule, inputs: Sequence[Any]) -> Non
     try:
         fakes = [mode.from_tensor(x, static_shapes=True) if isinstance(x, torch.Tensor) else x
                  for x in inputs]
-        with torch.no_grad():
-            _ConstantsAsFakeProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+        from .metadata import propagate   # snapshots: later metadata mutations do not rewrite them
+        propagate(gm, mode, fakes)
     except Exception as e:  # noqa: BLE001 - any failure: fall back to make_fx's metadata
         log.warning("fxpurify.trace: could not unify fake metadata (%s: %s); keeping make_fx's "
                     "per-node metadata, whose storages do not reflect aliasing", type(e).__name__, e)
@@ -611,14 +594,11 @@ def ensure_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
     graph = copy.deepcopy(gm.graph)
     out = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
     out.meta.update(gm.meta)
-    mode = detect_fake_mode(example_inputs)
-    if mode is None:
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        _ConstantsAsFakeProp(out, mode).propagate(*example_inputs)
-    else:
-        inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) and getattr(x, "fake_mode", None)
-                  is not mode else x for x in example_inputs]
-        _ConstantsAsFakeProp(out, mode).propagate_dont_convert_inputs(*inputs)
+    from .metadata import propagate
+    mode = detect_fake_mode(example_inputs) or FakeTensorMode(allow_non_fake_inputs=True)
+    inputs = [mode.from_tensor(x) if isinstance(x, torch.Tensor) and getattr(x, "fake_mode", None)
+              is not mode else x for x in example_inputs]
+    propagate(out, mode, inputs)
     return out
 
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -53,7 +53,7 @@ from torch._ops import HigherOrderOperator, OpOverload
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import views
-from .errors import UnsupportedError, InvalidGraphError, source_line
+from .errors import InvalidGraphError, UnsupportedError
 from .ops import (HIDDEN_MUTATIONS, REFUSED, bind_args, call_args, functional_variant, op_info,
                   returns_list, view_variant)
 from .report import Report

@@ -80,6 +80,14 @@ class _SnapshotProp(torch.fx.Interpreter):
         return result
 
 
+def propagate(gm: torch.fx.GraphModule, mode: FakeTensorMode, fake_inputs) -> None:
+    """Record on ``gm``'s own nodes a snapshot of each value, running it on ``fake_inputs``
+    (already in ``mode``). Under no_grad: only metadata is wanted, and autograd would reject
+    in-place ops on fake leaves (an optimizer step's parameters) that eager ran under no_grad."""
+    with mode, torch.no_grad():
+        _SnapshotProp(gm, mode).run(*fake_inputs)
+
+
 def with_fake_metadata(gm: torch.fx.GraphModule, example_inputs: Optional[Sequence] = None) -> torch.fx.GraphModule:
     """``gm`` itself when its metadata is usable, else a copy with fresh, consistent fake values."""
     if not needs_metadata(gm):
