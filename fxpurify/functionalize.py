@@ -169,6 +169,7 @@ class Functionalizer:
         self.input_refs: dict[Root, Ref] = {}
         self.grad_enabled: Optional[bool] = None   # as set by the graph's own grad-mode nodes
         self.true_node = None
+        self.val_cache: dict = {}   # fake values by the metadata of their inputs (see _metadata_key)
         self.autograd_active = None
 
     # ------------------------------------------------------------------ emission
@@ -202,8 +203,16 @@ class Functionalizer:
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), _val)
         if self.fake_mode is None:
             return None
+        key = _metadata_key((node.target, args, tuple(sorted(kwargs.items()))))
+        if key is not None:
+            hit = self.val_cache.get(key)
+            if hit is not None:
+                return hit
         with self.fake_mode:
-            return node.target(*args, **kwargs)
+            val = node.target(*args, **kwargs)
+        if key is not None and not node.target in NEVER_SHARE_VALUES:
+            self.val_cache[key] = val
+        return val
 
     def view_or_reshape(self, value, sizes, origin=None):
         """``view`` when the value's layout allows it, else ``reshape`` (same values; a pure
@@ -968,6 +977,42 @@ class Functionalizer:
         self.call(torch._C._set_grad_enabled, (prev,), origin=node, val=True).meta.pop("val", None)
         items = [self.env[o] if isinstance(o, torch.fx.Node) else o for o in outputs]
         self.env[node] = Multi(items)
+
+
+# Results whose value object must not be shared between nodes (random draws are fine: only
+# metadata is recorded); kept empty on purpose, a hook for ops with data-dependent shapes.
+NEVER_SHARE_VALUES: set = set()
+
+
+_NO_KEY = object()
+
+
+def _metadata_key(obj):
+    """A hashable key for an op call that depends only on its inputs' metadata (static sizes,
+    strides, offset, storage size, dtype, device) and constants, or None when some input is
+    symbolic or unhashable. Values of new nodes only describe metadata (aliasing is decided
+    structurally), so equal keys give interchangeable fake values: one fake dispatch per
+    distinct call instead of one per node."""
+    key = _key(obj)
+    return None if key is _NO_KEY else key
+
+
+def _key(obj):
+    if isinstance(obj, torch.Tensor):
+        nbytes = obj.untyped_storage().nbytes()
+        if not views.is_static(obj) or not isinstance(nbytes, int):
+            return _NO_KEY
+        return ("T", tuple(obj.shape), obj.stride(), obj.storage_offset(), nbytes, obj.dtype, obj.device,
+                obj.requires_grad)
+    if isinstance(obj, (tuple, list)):
+        parts = tuple(_key(o) for o in obj)
+        return _NO_KEY if any(p is _NO_KEY for p in parts) else (type(obj), parts)
+    if obj is None or isinstance(obj, (int, float, bool, str, torch.dtype, torch.device, torch.layout,
+                                       torch.memory_format)):
+        return (type(obj), obj)
+    if callable(obj) and not isinstance(obj, torch.Tensor):
+        return obj
+    return _NO_KEY
 
 
 @dataclass
