@@ -159,7 +159,7 @@ def memory_of(node: torch.fx.Node) -> torch.fx.Node:
                 node = parent.args[0]
                 continue
             return node
-        if (isinstance(target, torch._ops.OpOverload) and op_info(target).is_view) or target is runtime.old_value:
+        if (isinstance(target, torch._ops.OpOverload) and op_info(target).is_view) or target in (runtime.old_value, runtime.keep_autograd_history):
             node = node.args[0]
             continue
         return node

@@ -444,9 +444,6 @@ _CASES = [
 
 
 _BUGS = {
-    "copy_of_input_alias_into_fresh_tensor": "core: copy_ forwarding returns the source itself, "
-                                             "so the output aliases the input (eager: a fresh "
-                                             "tensor holding a copy)",
     "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
                                           "is not refused (the refusal looks at the current "
                                           "value's layout, not the input's): silently wrong",
