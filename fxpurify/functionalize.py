@@ -61,6 +61,8 @@ from .report import Report
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
+# Ops that return ``self`` itself (not a new view) when they have nothing to do.
+RETURN_SELF_WHEN_NOOP = {"aten::to", "aten::contiguous", "aten::flatten", "aten::type_as"}
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}
@@ -577,6 +579,11 @@ class Functionalizer:
             # Some "views" alias only sometimes (reshape of a non-viewable tensor, `to` another
             # dtype, contiguous of a strided one): the fake values' storages decide.
             return self._copy(node)
+        if op._schema.name in RETURN_SELF_WHEN_NOOP and views.same_metadata(val, ref.val):
+            # Eager returns the very same tensor object here (`x.float()` of a float x), so
+            # later in-place and metadata mutations through the result are mutations of x.
+            self.env[node] = ref
+            return
         args = views.freeze(tuple(self.read_arg(a) for a in node.args[1:]))
         kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
         if info.is_multi_view:

@@ -452,14 +452,9 @@ _BUGS = {
     "int_input_written_from_value_requiring_grad": "core: the purified graph raises 'Autograd not "
                                                    "support dtype: Long' when an integer input "
                                                    "is written with a value that requires grad",
-    "metadata_mutation_after_self_copy_of_input": "core: an input's metadata mutation after a "
-                                                  "copy_ onto itself is lost (shape differs)",
     "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
                                                        "operands that require grad loses "
                                                        "requires_grad",
-    "metadata_mutation_through_flatten_of_1d_input": "core: flatten() of a 1-d tensor returns the "
-                                                     "tensor itself; a metadata mutation of it "
-                                                     "must reach the input",
     "setitem_then_no_grad_add": "core: wrong gradient after a no_grad write into a non-leaf "
                                 "input that was also written with grad",
 }
