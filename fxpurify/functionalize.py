@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 # Ops that return ``self`` itself (not a new view) when they have nothing to do.
-RETURN_SELF_WHEN_NOOP = {"aten::to", "aten::contiguous", "aten::flatten", "aten::type_as"}
+RETURN_SELF_WHEN_NOOP = {"aten::contiguous", "aten::flatten"}   # not `to`: under autocast its value lies
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}

@@ -455,6 +455,11 @@ _BUGS = {
     "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
                                                        "operands that require grad loses "
                                                        "requires_grad",
+    "metadata_mutation_after_self_copy_of_input": "core: `x.float()` of a float x is x itself in "
+                                                  "eager, a view in the pure graph, so a metadata "
+                                                  "mutation through it does not reach the input "
+                                                  "(not resolved by identity: under autocast the "
+                                                  "traced value of `to` does not show the cast)",
     "setitem_then_no_grad_add": "core: wrong gradient after a no_grad write into a non-leaf "
                                 "input that was also written with grad",
 }
