@@ -658,12 +658,7 @@ class Functionalizer:
                 continue
             value = results[info.fresh_returns + i]
             if isinstance(target, (list, tuple)):
-                roots = [self.ref_of(t, node).root for t in target]
-                if len({id(r) for r in roots}) != len(roots):
-                    raise UnsupportedError(
-                        f"{op} writes a list whose tensors share memory: eager writes them one after "
-                        "the other, a list-wise pure op cannot", node, pattern="aliased-foreach",
-                        hint="pass distinct tensors, or loop over the in-place op")
+                self._refuse_aliased_list(target, node, op)
                 for k, t in enumerate(target):
                     item = self.call(operator.getitem, (value, k), origin=node)
                     self.write(self.ref_of(t, node), item, node)
@@ -703,6 +698,16 @@ class Functionalizer:
                 return None
         return this
 
+    def _refuse_aliased_list(self, tensors, node, op):
+        """A list-writing op (``_foreach_*_``) whose tensors share memory: eager writes them one
+        after the other, with autograd over aliased tensors no pure form reproduces."""
+        roots = [self.ref_of(t, node).root for t in tensors]
+        if len({id(r) for r in roots}) != len(roots):
+            raise UnsupportedError(
+                f"{op} writes a list whose tensors share memory; eager writes them one after the "
+                "other, which no list-wise pure op reproduces", node, pattern="aliased-foreach",
+                hint="pass distinct tensors, or loop over the in-place op")
+
     def _foreach_per_element(self, node, op) -> bool:
         """``_foreach_add_(xs, ...)`` as one pure op per element (``add(xs[i], ...)``).
 
@@ -715,12 +720,7 @@ class Functionalizer:
             return False
         bound = bind_args(op, node.args, node.kwargs)
         selfs = bound["self"]
-        roots = [self.ref_of(t, node).root for t in selfs]
-        if len({id(r) for r in roots}) != len(roots):
-            raise UnsupportedError(
-                f"{op} writes a list whose tensors share memory; autograd of eager's in-place "
-                "foreach over aliased tensors has no pure equivalent", node, pattern="aliased-foreach",
-                hint="pass distinct tensors, or loop over the in-place op")
+        self._refuse_aliased_list(selfs, node, op)
         keyword = {"alpha": "alpha", "value": "value"}
         if base.startswith("addc") or base == "lerp":
             keyword.update({"scalar": "value" if base.startswith("addc") else "weight",

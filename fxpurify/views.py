@@ -15,9 +15,11 @@ diagonal                    ``diagonal_scatter(base, value, offset, dim1, dim2)`
 full-coverage views         the opposite view of ``value`` (``t`` ↔ ``t``, ``permute`` ↔ its
                             inverse permutation, ``unsqueeze`` ↔ ``squeeze``, ``view`` ↔ ``view``
                             to the base's sizes, ``alias``/``detach`` ↔ identity, ...)
-anything else               ``as_strided_scatter`` with the view's own size/stride/offset,
-(as_strided, unfold, ...)   only when the base value has the original base's exact storage
-                            layout; otherwise the write is refused, never guessed (#104505)
+unfold (no overlap)         ``index_put`` of the windows at ``start_i + j`` along the dim
+anything else (as_strided)  ``index_put`` at the view's flat storage positions, only when the
+                            base is contiguous with the original base's exact storage layout;
+                            otherwise the write is refused, never guessed (#104505). Not
+                            ``as_strided_scatter``: its gradient w.r.t. the base is wrong in 2.13
 =========================  ==========================================================
 
 Every inverse is exact: the scatter ops write precisely the elements the view covers, and a
