@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 # Ops that return ``self`` itself (not a new view) when they have nothing to do.
-RETURN_SELF_WHEN_NOOP = {"aten::contiguous", "aten::flatten"}   # not `to`: under autocast its value lies
+RETURN_SELF_WHEN_NOOP = {"aten::contiguous", "aten::flatten"}
+# ... and these too, where the traced dtypes can be trusted: in a graph with autocast regions
+# (Dynamo's, lowered) a value's traced dtype may not be its dtype at run time.
+RETURN_SELF_WHEN_NOOP_UNLESS_AUTOCAST = {"aten::to", "aten::type_as"}
 # In-place ops whose pure variant returns another dtype than ``self`` (its value must be cast back).
 DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or", "logical_xor", "logical_not",
                   "__iand__", "__ior__", "__ixor__"}
@@ -166,6 +169,7 @@ class Functionalizer:
         self.env: dict[torch.fx.Node, Any] = {}
         self.view_cache: dict = {}
         self.roots: list[Root] = []
+        self.pending_roots: dict[Root, None] = {}   # roots with a pending write, in write order
         self.storage_roots: dict = {}   # StorageWeakRef of an input's fake value -> Root
         self.placeholders: list[torch.fx.Node] = []
         self.input_refs: dict[Root, Ref] = {}
@@ -173,6 +177,7 @@ class Functionalizer:
         self.true_node = None
         self.val_cache: dict = {}   # fake values by the metadata of their inputs (see _metadata_key)
         self.autograd_active = None
+        self.has_autocast = any("autocast" in str(n.target) for n in gm.graph.nodes if n.op == "call_function")
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
@@ -298,7 +303,15 @@ class Functionalizer:
         if root.pending_path is not None:
             path, value = root.pending_path, root.pending_value
             root.pending_path = root.pending_value = None
+            self.pending_roots.pop(root, None)
             root.value = self.scatter(self.base_of(root), path, value)
+
+    def flush_pending(self):
+        """Apply every pending write now. Called before the grad mode changes: a scatter emitted
+        later would run under the other mode, and a write made with grad on would lose its
+        autograd history (or one made under no_grad would gain one)."""
+        for root in list(self.pending_roots):
+            self.flush(root)
 
     def read(self, ref: Ref) -> torch.fx.Node:
         root = ref.root
@@ -395,6 +408,7 @@ class Functionalizer:
             self.flush(root)
         if ref.path:
             root.pending_path, root.pending_value = ref.path, value
+            self.pending_roots[root] = None
         else:
             root.value = value
 
@@ -506,8 +520,9 @@ class Functionalizer:
         if isinstance(target, torch._ops.OpOverloadPacket):
             raise InvalidGraphError(f"call to the op packet {target} without an overload", node,
                                     hint="capture with make_fx / fxpurify.trace, which records overloads")
-        if target is torch._C._set_grad_enabled and isinstance(node.args[0], bool):
-            self.grad_enabled = node.args[0]
+        if target is torch._C._set_grad_enabled:
+            self.flush_pending()
+            self.grad_enabled = node.args[0] if isinstance(node.args[0], bool) else None
         if getattr(target, "__module__", "").startswith("torch") and target.__name__.endswith("_") \
                 and not target.__name__.startswith("_"):
             raise InvalidGraphError(f"torch-level in-place call {target.__name__}", node,
@@ -579,7 +594,8 @@ class Functionalizer:
             # Some "views" alias only sometimes (reshape of a non-viewable tensor, `to` another
             # dtype, contiguous of a strided one): the fake values' storages decide.
             return self._copy(node)
-        if op._schema.name in RETURN_SELF_WHEN_NOOP and views.same_metadata(val, ref.val):
+        if (op._schema.name in RETURN_SELF_WHEN_NOOP or op._schema.name in RETURN_SELF_WHEN_NOOP_UNLESS_AUTOCAST
+                and not self.has_autocast) and views.same_metadata(val, ref.val):
             # Eager returns the very same tensor object here (`x.float()` of a float x), so
             # later in-place and metadata mutations through the result are mutations of x.
             self.env[node] = ref
@@ -633,10 +649,23 @@ class Functionalizer:
         self_val = _val(args[0]) if args else None
         eager_val = self.env[bound["self"]].val if info.is_random and isinstance(self.env.get(bound.get("self")), Ref) \
             else None
-        if _is_tensor(self_val) and _is_tensor(eager_val) and eager_val.is_contiguous() and not self_val.is_contiguous():
-            # Draw order follows memory order: give the draw eager's (contiguous) layout.
-            args = (self.call(aten.clone.default, (args[0],), {"memory_format": torch.contiguous_format},
-                              origin=node),) + tuple(args[1:])
+        if _is_tensor(self_val) and _is_tensor(eager_val) and "self" in info.written \
+                and not views.same_metadata(self_val, eager_val, offset=False):
+            # Draw order follows memory order: the draw gets eager's layout (the current value may
+            # be laid out otherwise, e.g. contiguous after an earlier write to a gapped input).
+            # An in-place random fill ignores self's values, so an empty template will do.
+            if views.is_static(eager_val):
+                template = self.call(aten.empty_strided.default, (list(eager_val.shape), list(eager_val.stride())),
+                                     {"dtype": eager_val.dtype, "device": eager_val.device}, origin=node)
+            elif eager_val.is_contiguous():
+                template = self.call(aten.clone.default, (args[0],), {"memory_format": torch.contiguous_format},
+                                     origin=node)
+            else:
+                raise UnsupportedError(
+                    f"{op} on a tensor with symbolic, non-contiguous strides after an earlier write "
+                    "changed its layout: the draw order cannot be reproduced", node,
+                    pattern="random-non-dense", hint="trace with static shapes, or fill a fresh contiguous tensor")
+            args = (template,) + tuple(args[1:])
             self_val = _val(args[0])
         if _is_tensor(self_val) and not self_val.is_contiguous() and (
                 variant.target in DRAW_ORDER_SENSITIVE or (variant.target is aten.normal_functional.default
@@ -844,6 +873,7 @@ class Functionalizer:
                                        hint="pass an out tensor of the right size, or use the functional op")
         if is_out and _is_tensor(have) and _is_tensor(want) and not views.same_shape(have.shape, want.shape):
             value = self._match_dtype(value, want, node)
+            self.pending_roots.pop(ref.root, None)
             ref.root.value, ref.root.pending_path, ref.root.pending_value = value, None, None
             ref.root.mutated = True
             ref.val = _val(node) if _is_tensor(_val(node)) else have
@@ -925,6 +955,7 @@ class Functionalizer:
                                    pattern="resize-input", hint="allocate a new tensor of the wanted size instead")
         size = self.read_arg(bound["size"])
         new = self.call(aten.new_empty.default, (self.read(ref), size), origin=node, note="was resize_")
+        self.pending_roots.pop(ref.root, None)
         ref.root.value, ref.root.pending_path, ref.root.pending_value = new, None, None
         ref.val = want
         self.env[node] = ref
@@ -962,6 +993,7 @@ class Functionalizer:
         body = _fetch_attr(self.gm, body_name.target) if isinstance(body_name, torch.fx.Node) else body_name
         prev = self.call(torch.is_grad_enabled, (), val=True)
         prev.meta.pop("val", None)
+        self.flush_pending()
         self.call(torch._C._set_grad_enabled, (enable,), origin=node, val=True).meta.pop("val", None)
         outer_grad, self.grad_enabled = self.grad_enabled, enable if isinstance(enable, bool) else None
         sub_env = self.env
@@ -980,6 +1012,7 @@ class Functionalizer:
                 getattr(self, f"_on_{n.op}")(n)
         finally:
             self.gm = saved_gm
+        self.flush_pending()
         self.grad_enabled = outer_grad
         self.call(torch._C._set_grad_enabled, (prev,), origin=node, val=True).meta.pop("val", None)
         items = [self.env[o] if isinstance(o, torch.fx.Node) else o for o in outputs]
@@ -1037,7 +1070,9 @@ def _written_storages(gm) -> set:
         if node.op != "call_function" or not isinstance(node.target, OpOverload):
             continue
         info = op_info(node.target)
-        names = info.written if info.written and not info.metadata_only else ()
+        # Metadata mutations count: the epilogue's as_strided_ bumps the version counter that
+        # tensors saved for backward from the input share.
+        names = info.written
         if not names:   # hidden writes (batch norm) keep versions instead: no snapshot needed
             continue
         bound = bind_args(node.target, node.args, node.kwargs)

@@ -74,8 +74,19 @@ def old_value(x: torch.Tensor, active: bool) -> torch.Tensor:
     Cloned only when autograd is recording here (grad mode on and ``autograd_active``): then
     some op may save it for backward, and the write-back must not change what it saved.
     Otherwise the input itself, at no cost (inference, optimizer steps under no_grad, KV-cache
-    decode)."""
-    return x.clone() if active and torch.is_grad_enabled() else x
+    decode).
+
+    The clone keeps ``x``'s place in its storage (sizes, strides, offset, storage size), so
+    storage-relative views of the old value (``as_strided``) select the elements they select
+    in ``x``; for a gapped or offset ``x`` that means cloning its whole storage."""
+    if not (active and torch.is_grad_enabled()):
+        return x
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+    storage_numel = x.untyped_storage().nbytes() // x.element_size()
+    if x.storage_offset() == 0 and storage_numel == x.numel() and is_non_overlapping_and_dense(x):
+        return x.clone(memory_format=torch.preserve_format)
+    whole = x.as_strided((storage_numel,), (1,), 0).clone()
+    return whole.as_strided(x.shape, x.stride(), x.storage_offset())
 
 
 class _KeepHistory(torch.autograd.Function):

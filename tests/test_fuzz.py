@@ -444,24 +444,9 @@ _CASES = [
 
 
 _BUGS = {
-    "random_after_write_to_gapped_input": "core: normal_ on a gapped input after an earlier write "
-                                          "is not refused (the refusal looks at the current "
-                                          "value's layout, not the input's): silently wrong",
-    "read_non_leaf_input_twice_after_unsqueeze_": "core: backward fails (version counter) after "
-                                                  "unsqueeze_ of a non-leaf input read twice",
-    "int_input_written_from_value_requiring_grad": "core: the purified graph raises 'Autograd not "
-                                                   "support dtype: Long' when an integer input "
-                                                   "is written with a value that requires grad",
     "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
                                                        "operands that require grad loses "
                                                        "requires_grad",
-    "metadata_mutation_after_self_copy_of_input": "core: `x.float()` of a float x is x itself in "
-                                                  "eager, a view in the pure graph, so a metadata "
-                                                  "mutation through it does not reach the input "
-                                                  "(not resolved by identity: under autocast the "
-                                                  "traced value of `to` does not show the cast)",
-    "setitem_then_no_grad_add": "core: wrong gradient after a no_grad write into a non-leaf "
-                                "input that was also written with grad",
 }
 _XFAIL: dict[tuple[str, bool], str] = {(n, ex): r for n, r in _BUGS.items() for ex in (False, True)}
 
