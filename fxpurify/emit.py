@@ -106,7 +106,7 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
             ref = leaf.ref
             if fz.input_refs.get(ref.root) is ref:
                 return ref.root.input_node
-            return fz.replay(ref.root.input_node, ref.path)
+            return fz.replay(ref.root.input_node, ref.autograd_path())
         return leaf
 
     outputs = torch.fx.node.map_aggregate(outputs, late)
@@ -136,8 +136,8 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
     # (5) call-time guard
     tensor_inputs = [p for p in fz.placeholders if isinstance(_val(p), torch.Tensor)]
     mutated = tuple(i for i, p in enumerate(tensor_inputs)
-                    if any(r.input_node is p for r in written) or fz.input_refs.get(_root_of(fz, p)) is not None
-                    and fz.input_refs[_root_of(fz, p)].path)
+                    if p in written_inputs or p in fz.written_early
+                    or fz.input_refs.get(_root_of(fz, p)) is not None and fz.input_refs[_root_of(fz, p)].path)
     if mutated and len(tensor_inputs) > 1:
         with graph.inserting_after(fz.placeholders[-1]):
             guard = graph.call_function(runtime.check_inputs_not_aliased,

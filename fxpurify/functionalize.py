@@ -72,6 +72,9 @@ DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or
 # Pure random fills whose values, for a non-contiguous ``self``, come out in another order than
 # their in-place forms' (measured on torch 2.13 CPU): bernoulli always; normal for gapped self.
 DRAW_ORDER_SENSITIVE = {aten.bernoulli.p}
+# In-place random fills whose result does not depend on self's values (only on its layout).
+FILLS_IGNORING_SELF = {"aten::normal", "aten::uniform", "aten::bernoulli", "aten::random", "aten::exponential",
+                       "aten::cauchy", "aten::log_normal", "aten::geometric"}
 # Pure variants of random fills that have no autograd formula (eager's in-place op has one).
 NO_DERIVATIVE_FILLS = {aten.normal_functional.default, aten.bernoulli.p}
 # Ops whose results never require grad: in-place random fills on them need no gradient link.
@@ -89,10 +92,11 @@ class Root:
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
                  "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base",
-                 "last_writer")
+                 "last_writer", "version")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
+        self.version = 0   # eager's version counter: bumped by every write and metadata mutation
         self.pending_path: Optional[tuple] = None
         self.pending_value = None
         self.input_node = input_node   # placeholder / get_attr of the new graph, when caller-visible
@@ -111,10 +115,19 @@ class Root:
 class Ref:
     """A tensor of the original program (identity: in-place ops return the same Ref)."""
 
-    __slots__ = ("root", "path", "val")
+    __slots__ = ("root", "path", "val", "version")
 
     def __init__(self, root: Root, path: tuple, val):
         self.root, self.path, self.val = root, path, val
+        self.version = root.version   # the root's version when this tensor was made
+
+    def autograd_path(self) -> tuple:
+        """The view path autograd sees. A view whose memory was written after it was made gets,
+        in eager, a regenerated ``grad_fn``: one ``as_strided`` of its base with its own sizes
+        and strides. That differs from the chain only where an ``as_strided`` of a view reaches
+        memory outside that view (the chain's gradient stops at the view's elements): there the
+        path up to the last ``as_strided`` becomes that single storage-relative step."""
+        return self.path if self.version == self.root.version else views.from_storage(self.path)
 
 
 @dataclass
@@ -170,6 +183,7 @@ class Functionalizer:
         self.view_cache: dict = {}
         self.roots: list[Root] = []
         self.pending_roots: dict[Root, None] = {}   # roots with a pending write, in write order
+        self.written_early: set = set()   # inputs written back before the end (see _early_write_back)
         self.storage_roots: dict = {}   # StorageWeakRef of an input's fake value -> Root
         self.placeholders: list[torch.fx.Node] = []
         self.input_refs: dict[Root, Ref] = {}
@@ -320,12 +334,13 @@ class Functionalizer:
                 self._restore_history(root)
             if root.no_grad_write:
                 self._early_write_back(root)
+        path = ref.autograd_path()
         if root.pending_path is not None:
             k = len(root.pending_path)
-            if ref.path[:k] == root.pending_path:
-                return self.replay(root.pending_value, ref.path[k:])
+            if path[:k] == root.pending_path:
+                return self.replay(root.pending_value, path[k:])
             self.flush(root)
-        return self.replay(self.base_of(root), ref.path)
+        return self.replay(self.base_of(root), path)
 
     def _early_write_back(self, root: Root):
         """An input written under ``no_grad`` and then read with grad on: in eager the read sees
@@ -345,6 +360,7 @@ class Functionalizer:
         self.call(aten.copy_.default, (ph, root.value), origin=root.orig, val=_val(ph),
                   note=f"write-back of {ph.name}, written under no_grad and read after")
         self.call(runtime.end_write_back, (token,), val=True)
+        self.written_early.add(ph)
         root.write_modes = set()
         self.report.add("write-back", root.orig, f"aten.copy_({ph.name}, ...)",
                         "written under no_grad, read with grad on: later reads read the input itself")
@@ -386,7 +402,9 @@ class Functionalizer:
                 "(e.g. an expanded tensor): its new value cannot be written back",
                 origin, pattern="overlapping-write", hint="pass a contiguous input (e.g. .clone() it)")
         value = self._match_dtype(value, ref.val, origin)
+        path = views.from_storage(ref.path)   # as_strided writes storage, whatever view it is of
         root.mutated = True
+        root.version += 1
         root.last_writer = origin
         root.visible_write |= not hidden
         grad_mode = False if any(step.op is aten.detach.default for step in ref.path) else self.grad_enabled
@@ -402,12 +420,12 @@ class Functionalizer:
         root.write_modes.add(grad_mode)
         if root.pending_path is not None:
             k = len(root.pending_path)
-            if ref.path[:k] == root.pending_path:
-                root.pending_value = self.scatter(root.pending_value, ref.path[k:], value)
+            if path[:k] == root.pending_path:
+                root.pending_value = self.scatter(root.pending_value, path[k:], value)
                 return
             self.flush(root)
-        if ref.path:
-            root.pending_path, root.pending_value = ref.path, value
+        if path:
+            root.pending_path, root.pending_value = path, value
             self.pending_roots[root] = None
         else:
             root.value = value
@@ -650,22 +668,8 @@ class Functionalizer:
         eager_val = self.env[bound["self"]].val if info.is_random and isinstance(self.env.get(bound.get("self")), Ref) \
             else None
         if _is_tensor(self_val) and _is_tensor(eager_val) and "self" in info.written \
-                and not views.same_metadata(self_val, eager_val, offset=False):
-            # Draw order follows memory order: the draw gets eager's layout (the current value may
-            # be laid out otherwise, e.g. contiguous after an earlier write to a gapped input).
-            # An in-place random fill ignores self's values, so an empty template will do.
-            if views.is_static(eager_val):
-                template = self.call(aten.empty_strided.default, (list(eager_val.shape), list(eager_val.stride())),
-                                     {"dtype": eager_val.dtype, "device": eager_val.device}, origin=node)
-            elif eager_val.is_contiguous():
-                template = self.call(aten.clone.default, (args[0],), {"memory_format": torch.contiguous_format},
-                                     origin=node)
-            else:
-                raise UnsupportedError(
-                    f"{op} on a tensor with symbolic, non-contiguous strides after an earlier write "
-                    "changed its layout: the draw order cannot be reproduced", node,
-                    pattern="random-non-dense", hint="trace with static shapes, or fill a fresh contiguous tensor")
-            args = (template,) + tuple(args[1:])
+                and not (self_val.is_contiguous() and eager_val.is_contiguous()):
+            args = (self._in_eager_layout(op, args[0], eager_val, node),) + tuple(args[1:])
             self_val = _val(args[0])
         if _is_tensor(self_val) and not self_val.is_contiguous() and (
                 variant.target in DRAW_ORDER_SENSITIVE or (variant.target is aten.normal_functional.default
@@ -785,6 +789,35 @@ class Functionalizer:
         self.env[node] = None
         return True
 
+    def _in_eager_layout(self, op, current, eager_val, node):
+        """``current`` laid out in memory as eager's tensor was: random values are drawn in memory
+        order. The current value may be laid out otherwise (contiguous after an earlier write to
+        a gapped input; and fake strides of computed values are not always the real ones, so
+        they are never trusted here)."""
+        if op._schema.name.rstrip("_") in FILLS_IGNORING_SELF:
+            # self's values do not matter: an empty tensor with eager's exact layout will do.
+            if views.is_static(eager_val):
+                return self.call(aten.empty_strided.default, (list(eager_val.shape), list(eager_val.stride())),
+                                 {"dtype": eager_val.dtype, "device": eager_val.device}, origin=node)
+            if eager_val.is_contiguous():
+                return self.call(aten.clone.default, (current,), {"memory_format": torch.contiguous_format},
+                                 origin=node)
+            if views.same_metadata(_val(current), eager_val, offset=False):
+                return current   # symbolic strides: trusted when they agree
+            raise UnsupportedError(
+                f"{op} on a tensor with symbolic, non-contiguous strides after an earlier write changed "
+                "its layout: the draw order cannot be reproduced", node, pattern="random-non-dense",
+                hint="trace with static shapes, or fill a fresh contiguous tensor")
+        # Values matter (dropout_): eager draws its mask with empty_like(self), which keeps a
+        # dense layout's dimension order and makes anything else contiguous. Same here.
+        if not views.is_dense(eager_val) or eager_val.is_contiguous():
+            return self.call(aten.clone.default, (current,), {"memory_format": torch.contiguous_format},
+                             origin=node)
+        perm = sorted(range(eager_val.dim()), key=lambda d: (-views._hint(eager_val.stride(d)), d))
+        dense = self.call(aten.permute.default, (current, perm), origin=node)
+        dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
+        return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
+
     def _draw_like_eager(self, node) -> bool:
         """``randn_like(t)`` draws in ``t``'s memory order. A pure value may be laid out
         differently from eager's tensor, so the draw gets an ``empty_strided`` template with
@@ -802,9 +835,14 @@ class Functionalizer:
         """The ``index``-th output of a multi-output view as a single-output view step. With a
         symbolic ``split`` size the bounds become graph nodes, so it is a plain ``slice`` too
         (a multi-output view breaks autograd once its base is written back)."""
-        if v.op is aten.split.Tensor and isinstance(v.args[0], torch.fx.Node):
-            b = bind_args(v.op, (None,) + v.args, dict(v.kwargs))
-            size = b["split_size"]
+        b = bind_args(v.op, (None,) + v.args, dict(v.kwargs))
+        symbolic_chunk = v.op is aten.chunk.default and not isinstance(_val(node).shape[b["dim"]], int)
+        if v.op is aten.split.Tensor and isinstance(v.args[0], torch.fx.Node) or symbolic_chunk:
+            if symbolic_chunk:   # chunk's pieces are ceil(n / chunks) long
+                n = self.call(aten.sym_size.int, (self.read(v.ref), b["dim"]))
+                size = self.call(operator.floordiv, (self.call(operator.add, (n, b["chunks"] - 1)), b["chunks"]))
+            else:
+                size = b["split_size"]
             start = self.call(operator.mul, (size, index))
             end = self.call(operator.mul, (size, index + 1))
             return views.ViewStep(aten.slice.Tensor, (b["dim"], start, end), (), None, node, v.base_val)
@@ -815,6 +853,8 @@ class Functionalizer:
         return self._may_require_grad_root(ref.root) if isinstance(ref, Ref) else True
 
     def _may_require_grad_root(self, root) -> bool:
+        if any(mode is not False for mode in root.write_modes):
+            return True   # written with grad on: it may have gained a history
         orig = root.orig
         if orig is not None and orig.op == "get_attr":
             attr = _fetch_attr(self.gm, orig.target)
@@ -918,6 +958,7 @@ class Functionalizer:
         src = self.env.get(bound["src"])
         if isinstance(src, Ref) and src.root is dst.root and src.path == dst.path:
             self.report.add("copy-removed", node, "-", "copy of a tensor onto itself")
+            dst.root.version += 1   # eager still bumps the version (regenerating views' grad_fn)
             self.env[node] = dst
             return
         value = self.read_arg(bound["src"])
@@ -973,6 +1014,8 @@ class Functionalizer:
         kwargs = tuple(sorted((k, views.freeze(self.read_arg(v))) for k, v in node.kwargs.items()))
         step = views.ViewStep(view_op, args, kwargs, None, source=node, base_val=ref.val)
         ref.path = ref.path + (step,)
+        ref.root.version += 1
+        ref.version = ref.root.version
         ref.val = _val(node)
         self.report.add("metadata-view", node, str(view_op), "metadata mutation becomes a view")
         self.env[node] = ref

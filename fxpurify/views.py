@@ -69,22 +69,40 @@ def freeze(value):
     return value
 
 
+# Multi-output views whose outputs are consecutive pieces of ``self`` along ``dim``.
+CONSECUTIVE_PIECES = {"aten::split", "aten::split_with_sizes", "aten::chunk", "aten::tensor_split",
+                      "aten::unsafe_split", "aten::unsafe_split_with_sizes", "aten::unsafe_chunk"}
+
+
 def single_output_step(op, args: tuple, kwargs: tuple, index: int, source, base_val) -> ViewStep:
     """The ``index``-th output of a multi-output view as a single-output view where that is
     static: ``split``/``split_with_sizes`` → ``slice``, ``unbind`` → ``select``. Fewer nodes,
     and autograd forbids in-place writes to a base whose multi-output views are still used
     (a write-back after returning ``x.split(...)[0]`` would break backward)."""
     b = bind_args(op, (None,) + args, dict(kwargs))
-    if op is aten.split.Tensor and isinstance(b["split_size"], int):
-        size = b["split_size"]
-        return ViewStep(aten.slice.Tensor, (b["dim"], index * size, (index + 1) * size), (), None, source, base_val)
-    if op is aten.split_with_sizes.default and _concrete(b["split_sizes"]):
-        start = sum(b["split_sizes"][:index])
-        return ViewStep(aten.slice.Tensor, (b["dim"], start, start + b["split_sizes"][index]), (), None, source,
-                        base_val)
+    if op._schema.name in CONSECUTIVE_PIECES:
+        pieces = source.args[0].meta.get("val") if isinstance(source.args[0], torch.fx.Node) else None
+        dim = b.get("dim", 0)
+        if isinstance(pieces, (list, tuple)) and isinstance(dim, int):
+            sizes = [p.shape[dim] for p in pieces]
+            if _concrete(sizes):
+                start = sum(sizes[:index])
+                return ViewStep(aten.slice.Tensor, (dim, start, start + sizes[index]), (), None, source, base_val)
     if op is aten.unbind.int:
         return ViewStep(aten.select.int, (b["dim"], index), (), None, source, base_val)
     return ViewStep(op, args, kwargs, index, source, base_val)
+
+
+def from_storage(path: tuple) -> tuple:
+    """``path`` with everything up to its last ``as_strided`` replaced by that one step taken
+    from the root: ``as_strided`` addresses storage, so what it selects does not depend on the
+    views before it (and may lie outside them, which a chain of steps cannot express)."""
+    last = max((i for i, step in enumerate(path) if step.op is aten.as_strided.default), default=0)
+    if last == 0:
+        return path
+    step = path[last]
+    return (ViewStep(step.op, step.args, step.kwargs, None, source=step.source, base_val=path[0].base_val),) \
+        + path[last + 1:]
 
 
 def sizes_of(emitter, node: torch.fx.Node) -> list:

@@ -118,7 +118,8 @@ def test_gapped_unfold_write_is_exact_not_refused():
 # ---------------------------------------------------------------- stride-sensitive views
 
 def _stride_sensitive_write(x, z, s):
-    y = torch.empty_strided((3, 4), (1, 3))
+    # int64: copy_ into it needs no autograd link, so nothing reads y before the write
+    y = torch.empty_strided((3, 4), (1, 3), dtype=torch.int64)
     y.copy_(z)
     y.as_strided((2, 2), (1, 3)).copy_(s)  # STRIDE_WRITE
     return y + x
