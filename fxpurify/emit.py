@@ -106,7 +106,7 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
             ref = leaf.ref
             if fz.input_refs.get(ref.root) is ref:
                 return ref.root.input_node
-            return fz.replay(ref.root.input_node, ref.autograd_path())
+            return fz.with_detached_history(ref, fz.replay(ref.root.input_node, ref.autograd_path()), as_view=True)
         return leaf
 
     outputs = torch.fx.node.map_aggregate(outputs, late)

@@ -72,6 +72,9 @@ DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or
 # Pure random fills whose values, for a non-contiguous ``self``, come out in another order than
 # their in-place forms' (measured on torch 2.13 CPU): bernoulli always; normal for gapped self.
 DRAW_ORDER_SENSITIVE = {aten.bernoulli.p}
+# Views whose aliasing or elements depend on the base's strides.
+LAYOUT_DEPENDENT_VIEWS = {"aten::reshape", "aten::reshape_as", "aten::flatten", "aten::contiguous",
+                          "aten::_reshape_alias", "aten::as_strided"}
 # In-place random fills whose result does not depend on self's values (only on its layout).
 FILLS_IGNORING_SELF = {"aten::normal", "aten::uniform", "aten::bernoulli", "aten::random", "aten::exponential",
                        "aten::cauchy", "aten::log_normal", "aten::geometric"}
@@ -92,11 +95,16 @@ class Root:
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
                  "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base",
-                 "last_writer", "version")
+                 "last_writer", "version", "detached_history", "layout_unknown")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
         self.version = 0   # eager's version counter: bumped by every write and metadata mutation
+        # A detach()ed alias written with grad on has an autograd history of its own (eager gives
+        # it the write's grad_fn; the base's history is untouched): its path up to the detach
+        # -> a value carrying that history.
+        self.detached_history: Optional[dict] = None
+        self.layout_unknown = False   # strides set by an out= resize the fake kernels do not model
         self.pending_path: Optional[tuple] = None
         self.pending_value = None
         self.input_node = input_node   # placeholder / get_attr of the new graph, when caller-visible
@@ -335,12 +343,30 @@ class Functionalizer:
             if root.no_grad_write:
                 self._early_write_back(root)
         path = ref.autograd_path()
-        if root.pending_path is not None:
-            k = len(root.pending_path)
-            if path[:k] == root.pending_path:
-                return self.replay(root.pending_value, path[k:])
+        if root.pending_path is not None and path[:len(root.pending_path)] == root.pending_path:
+            value = self.replay(root.pending_value, path[len(root.pending_path):])
+        else:
             self.flush(root)
-        return self.replay(self.base_of(root), path)
+            value = self.replay(self.base_of(root), path)
+        return self.with_detached_history(ref, value)
+
+    def detached_history(self, ref: Ref):
+        """The history-carrying value of ``ref`` if it is (a view of) a detach()ed alias that was
+        written with grad on, else None."""
+        if not ref.root.detached_history or self.grad_enabled is False:
+            return None
+        k = _last_detach(ref.path)
+        hist = ref.root.detached_history.get(ref.path[:k + 1]) if k is not None else None
+        return self.replay(hist, ref.path[k + 1:]) if hist is not None else None
+
+    def with_detached_history(self, ref: Ref, value, as_view: bool = False):
+        from . import runtime
+        hist = self.detached_history(ref)
+        if hist is None:
+            return value
+        fn = runtime.keep_autograd_history_view if as_view else runtime.keep_autograd_history
+        return self.call(fn, (value, hist), val=_val(value),
+                         note="a detach()ed alias written with grad on: its own autograd history")
 
     def _early_write_back(self, root: Root):
         """An input written under ``no_grad`` and then read with grad on: in eager the read sees
@@ -402,12 +428,19 @@ class Functionalizer:
                 "(e.g. an expanded tensor): its new value cannot be written back",
                 origin, pattern="overlapping-write", hint="pass a contiguous input (e.g. .clone() it)")
         value = self._match_dtype(value, ref.val, origin)
+        k = _last_detach(ref.path)
+        if k is not None and self.grad_enabled is not False:
+            # Eager: the detached alias gets this write's history; its base keeps its own.
+            alias = ref.path[:k + 1]
+            current = self.read(Ref(root, alias, alias[-1].val))
+            hist = self.scatter(current, ref.path[k + 1:], value)
+            root.detached_history = {**(root.detached_history or {}), alias: hist}
         path = views.from_storage(ref.path)   # as_strided writes storage, whatever view it is of
         root.mutated = True
         root.version += 1
         root.last_writer = origin
         root.visible_write |= not hidden
-        grad_mode = False if any(step.op is aten.detach.default for step in ref.path) else self.grad_enabled
+        grad_mode = False if k is not None else self.grad_enabled
         if grad_mode is False:
             is_input = root.input_node is not None
             root.no_grad_write = is_input and root.input_node.op == "placeholder"
@@ -608,6 +641,11 @@ class Functionalizer:
         if not isinstance(ref, Ref):
             return self._copy(node)
         val = _val(node)
+        if ref.root.layout_unknown and op._schema.name in LAYOUT_DEPENDENT_VIEWS:
+            raise UnsupportedError(
+                f"{op} of a tensor that an out= op resized to a layout fxpurify cannot see: whether it "
+                "is a view or a copy depends on that layout", node, pattern="view-of-unknown-layout",
+                hint="allocate the out= tensor with its final size, or use the functional op")
         if _is_tensor(val) and _is_tensor(ref.val) and _storage(val) != _storage(ref.val):
             # Some "views" alias only sometimes (reshape of a non-viewable tensor, `to` another
             # dtype, contiguous of a strided one): the fake values' storages decide.
@@ -651,7 +689,9 @@ class Functionalizer:
                       if isinstance(v, torch.fx.Node) and _is_tensor(_val(v)) and _val(v).dtype.is_floating_point
                       else v for k, v in fbound.items()}
         self_name = variant.arg_names[0] if variant.arg_names else None
-        grad_link = variant.target in NO_DERIVATIVE_FILLS and self._may_require_grad(bound["self"])
+        fill = variant.target in NO_DERIVATIVE_FILLS or (info.written == ("self",)
+                                                        and op._schema.name.rstrip("_") in FILLS_IGNORING_SELF)
+        grad_link = fill and self._may_require_grad(bound["self"])
         if grad_link:   # the fill's values do not depend on self: give it a detached self
             old_self = fbound[self_name]
             fbound[self_name] = self.call(aten.detach.default, (old_self,), origin=node, val=_val(old_self))
@@ -667,6 +707,14 @@ class Functionalizer:
         self_val = _val(args[0]) if args else None
         eager_val = self.env[bound["self"]].val if info.is_random and isinstance(self.env.get(bound.get("self")), Ref) \
             else None
+        if _is_tensor(eager_val) and self.env[bound["self"]].root.layout_unknown:
+            raise UnsupportedError(
+                f"{op} on a tensor that an out= op resized to a layout fxpurify cannot see: random "
+                "values are drawn in memory order", node, pattern="random-unknown-layout",
+                hint="allocate the out= tensor with its final size, or draw into a fresh tensor")
+        if variant.target is aten.normal_functional.default and _is_tensor(eager_val) \
+                and not views.is_dense(eager_val):
+            raise _normal_with_gaps(node)
         if _is_tensor(self_val) and _is_tensor(eager_val) and "self" in info.written \
                 and not (self_val.is_contiguous() and eager_val.is_contiguous()):
             args = (self._in_eager_layout(op, args[0], eager_val, node),) + tuple(args[1:])
@@ -793,40 +841,49 @@ class Functionalizer:
         """``current`` laid out in memory as eager's tensor was: random values are drawn in memory
         order. The current value may be laid out otherwise (contiguous after an earlier write to
         a gapped input; and fake strides of computed values are not always the real ones, so
-        they are never trusted here)."""
-        if op._schema.name.rstrip("_") in FILLS_IGNORING_SELF:
-            # self's values do not matter: an empty tensor with eager's exact layout will do.
-            if views.is_static(eager_val):
-                return self.call(aten.empty_strided.default, (list(eager_val.shape), list(eager_val.stride())),
-                                 {"dtype": eager_val.dtype, "device": eager_val.device}, origin=node)
-            if eager_val.is_contiguous():
-                return self.call(aten.clone.default, (current,), {"memory_format": torch.contiguous_format},
-                                 origin=node)
-            if views.same_metadata(_val(current), eager_val, offset=False):
-                return current   # symbolic strides: trusted when they agree
-            raise UnsupportedError(
-                f"{op} on a tensor with symbolic, non-contiguous strides after an earlier write changed "
-                "its layout: the draw order cannot be reproduced", node, pattern="random-non-dense",
-                hint="trace with static shapes, or fill a fresh contiguous tensor")
-        # Values matter (dropout_): eager draws its mask with empty_like(self), which keeps a
-        # dense layout's dimension order and makes anything else contiguous. Same here.
-        if not views.is_dense(eager_val) or eager_val.is_contiguous():
-            return self.call(aten.clone.default, (current,), {"memory_format": torch.contiguous_format},
-                             origin=node)
-        perm = sorted(range(eager_val.dim()), key=lambda d: (-views._hint(eager_val.stride(d)), d))
+        they are never trusted here). A fill visits a gapped tensor in the order of its dense
+        counterpart (same dimension order), so a dense tensor in eager's order will do."""
+        if op._schema.name.rstrip("_") in FILLS_IGNORING_SELF:   # self's values do not matter
+            return self._dense_template(eager_val, lambda: current, node)
+        # Values matter (dropout_): eager draws its mask with empty_like(self), which is dense
+        # with self's dimension order (gaps or not). Same here.
+        perm = self._memory_order(eager_val, node)
         dense = self.call(aten.permute.default, (current, perm), origin=node)
         dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
         return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
 
+    def _memory_order(self, val, node) -> list:
+        """Dimensions of ``val`` from outermost to innermost in memory."""
+        hints = [views._hint(st) for st in val.stride()]
+        if None in hints:
+            raise UnsupportedError(f"{node.target} on a tensor with data-dependent strides: the order "
+                                   "random values are drawn in is unknown", node, pattern="random-non-dense",
+                                   hint="draw into a fresh contiguous tensor")
+        return sorted(range(val.dim()), key=lambda d: (-hints[d], d))
+
+    def _dense_template(self, like, shaped, node):
+        """An empty tensor with ``like``'s sizes, dense in ``like``'s dimension order: what
+        ``empty_like(like)`` gives in eager. ``shaped()`` gives a graph node with those sizes,
+        needed only when they are symbolic."""
+        sizes = list(like.shape) if all(isinstance(d, int) for d in like.shape) else views.sizes_of(self, shaped())
+        return self.call(aten.empty_permuted.default, (sizes, self._memory_order(like, node)),
+                         {"dtype": like.dtype, "device": like.device}, origin=node)
+
     def _draw_like_eager(self, node) -> bool:
-        """``randn_like(t)`` draws in ``t``'s memory order. A pure value may be laid out
-        differently from eager's tensor, so the draw gets an ``empty_strided`` template with
-        eager's exact (static) layout: same values, bit for bit."""
+        """``randn_like(t)`` draws in ``t``'s memory order, dense in its dimension order. A pure
+        value may be laid out differently from eager's tensor (and fake strides are not always
+        the real ones), so the draw gets an empty template laid out as eager's ``empty_like(t)``:
+        same values, bit for bit."""
         like = _val(node.args[0])
-        if not _is_tensor(like) or not views.is_static(like) or like.is_contiguous():
+        ref = self.env.get(node.args[0])
+        if not _is_tensor(like) or not isinstance(ref, Ref):
             return False
-        template = self.call(aten.empty_strided.default, (list(like.shape), list(like.stride())),
-                             {"dtype": like.dtype, "device": like.device}, origin=node)
+        if ref.root.layout_unknown:
+            raise UnsupportedError(f"{node.target} of a tensor that an out= op resized to a layout fxpurify "
+                                   "cannot see: random values are drawn in memory order", node,
+                                   pattern="random-unknown-layout",
+                                   hint="allocate the out= tensor with its final size, or draw into a fresh tensor")
+        template = self._dense_template(like, lambda: self.read(ref), node)
         new = self.graph.node_copy(node, lambda a: template if a is node.args[0] else self._read_one(a))
         self.env[node] = self.new_root(new, node)
         return True
@@ -870,11 +927,8 @@ class Functionalizer:
         ``normal_`` on a tensor with gaps uses a kernel no pure op reproduces: refused."""
         val = _val(args[0])
         if target is aten.normal_functional.default:
-            raise UnsupportedError(
-                "normal_ on a tensor with gaps in memory draws its values in an order no pure op "
-                "reproduces", node, pattern="random-non-dense",
-                hint="call normal_ on a contiguous tensor (e.g. fill a fresh tensor, then copy it in)")
-        perm = sorted(range(val.dim()), key=lambda d: (-views._hint(val.stride(d)), d))
+            raise _normal_with_gaps(node)
+        perm = self._memory_order(val, node)
         dense = self.call(aten.permute.default, (args[0], perm), origin=node)
         drawn = self.call(target, (dense,) + tuple(args[1:]), kwargs, origin=node, note=f"was {node.target}")
         return self.call(aten.permute.default, (drawn, views._inverse_permutation(perm)), origin=node)
@@ -917,6 +971,10 @@ class Functionalizer:
             ref.root.value, ref.root.pending_path, ref.root.pending_value = value, None, None
             ref.root.mutated = True
             ref.val = _val(node) if _is_tensor(_val(node)) else have
+            # A pointwise out= resize takes its strides from non-contiguous inputs (sin(x.mT,
+            # out=empty) is laid out like x.mT); the fake kernels say contiguous.
+            ref.root.layout_unknown = torch.Tag.pointwise in node.target.tags and any(
+                _is_tensor(_val(a)) and not _val(a).is_contiguous() for a in node.args)
             return
         self.write(ref, value, node)
 
@@ -961,6 +1019,13 @@ class Functionalizer:
             dst.root.version += 1   # eager still bumps the version (regenerating views' grad_fn)
             self.env[node] = dst
             return
+        if isinstance(src, Ref) and src.root is dst.root and not views.same_shape(src.val.shape, dst.val.shape) \
+                and views.may_share_elements(src.val, dst.val):
+            # Eager refuses a partially overlapping copy_, except with a broadcast source: then
+            # the result depends on the order the kernel visits memory.
+            raise UnsupportedError("copy_ from a broadcast view that shares memory with its destination: "
+                                   "eager's result depends on the order memory is visited", node,
+                                   pattern="overlapping-copy", hint="clone() the source first")
         value = self.read_arg(bound["src"])
         have, want = _val(value), dst.val
         if self.grad_enabled is False or not (want.dtype.is_floating_point or want.dtype.is_complex):
@@ -1068,6 +1133,17 @@ NEVER_SHARE_VALUES: set = set()
 
 
 _NO_KEY = object()
+
+
+def _normal_with_gaps(node) -> UnsupportedError:
+    return UnsupportedError(
+        "normal_ on a tensor with gaps in memory draws its values in an order no pure op reproduces",
+        node, pattern="random-non-dense",
+        hint="call normal_ on a contiguous tensor (e.g. fill a fresh tensor, then copy it in)")
+
+
+def _last_detach(path: tuple) -> Optional[int]:
+    return max((i for i, step in enumerate(path) if step.op is aten.detach.default), default=None)
 
 
 def _metadata_key(obj):

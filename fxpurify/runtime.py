@@ -105,3 +105,21 @@ def keep_autograd_history(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and old.requires_grad:
         return _KeepHistory.apply(new, old)
     return new
+
+
+class _KeepHistoryView(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, new, old):
+        return new.view_as(new)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
+def keep_autograd_history_view(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Like ``keep_autograd_history`` but a view of ``new``: for an output that must alias an
+    input (a ``detach()``ed alias of it that the program wrote with grad on)."""
+    if torch.is_grad_enabled() and old.requires_grad:
+        return _KeepHistoryView.apply(new, old)
+    return new

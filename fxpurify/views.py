@@ -101,8 +101,10 @@ def from_storage(path: tuple) -> tuple:
     if last == 0:
         return path
     step = path[last]
-    return (ViewStep(step.op, step.args, step.kwargs, None, source=step.source, base_val=path[0].base_val),) \
-        + path[last + 1:]
+    direct = (ViewStep(step.op, step.args, step.kwargs, None, source=step.source, base_val=path[0].base_val),)
+    if any(s.op is aten.detach.default for s in path[:last]):   # still no autograd history
+        direct += (ViewStep(aten.detach.default, (), (), None, source=step.source, base_val=step.val),)
+    return direct + path[last + 1:]
 
 
 def sizes_of(emitter, node: torch.fx.Node) -> list:
@@ -161,6 +163,28 @@ def may_overlap(val) -> bool:
             return True
         span += stride * (size - 1)
     return False
+
+
+def may_share_elements(a, b, limit: int = 1 << 20) -> bool:
+    """Whether two views of one storage may have an element in common: by their memory ranges,
+    then (static and small enough) exactly, by enumerating the storage positions of each."""
+    metas = [(a.shape, a.stride(), a.storage_offset()), (b.shape, b.stride(), b.storage_offset())]
+    hinted = [([_hint(x) for x in sh], [_hint(x) for x in st], _hint(off)) for sh, st, off in metas]
+    if any(None in sh or None in st or off is None for sh, st, off in hinted):
+        return True
+    if any(0 in sh for sh, _, _ in hinted):
+        return False
+    bounds = [(off + sum(min(0, (n - 1) * k) for n, k in zip(sh, st)),
+               off + sum(max(0, (n - 1) * k) for n, k in zip(sh, st))) for sh, st, off in hinted]
+    (lo_a, hi_a), (lo_b, hi_b) = bounds
+    if hi_a < lo_b or hi_b < lo_a:
+        return False
+    top = max(hi_a, hi_b) + 1
+    if top > limit or min(lo_a, lo_b) < 0:
+        return True
+    flat = torch.arange(top)
+    positions = [torch.as_strided(flat, sh, st, off) for sh, st, off in hinted]
+    return bool(torch.isin(positions[0].reshape(-1), positions[1].reshape(-1)).any())
 
 
 def same_metadata(a, b, offset: bool = True) -> bool:

@@ -317,6 +317,25 @@ def write_through_detached_alias_with_grad_operands(x):
     return t
 
 
+def write_through_detached_alias_of_intermediate(x0):
+    t1 = torch.maximum(x0, torch.tensor(0.25))
+    t4 = (x0 + x0).detach()
+    t4.copy_(t1.double())
+    return t4
+
+
+def partial_write_through_view_of_detached_input(x):
+    t = x.detach()
+    t[1:3].mul_(x[3:5])
+    return t, x
+
+
+def write_through_detached_alias_with_grad_operands_oop(x):   # eager backward rejects the above
+    t = x.detach()
+    t.copy_(t.clone().addcmul_(x.clone(), x.sum().clone(), value=0.5))
+    return t
+
+
 def metadata_mutation_through_flatten_of_1d_input(x):
     t = x.flatten()  # a 1-d tensor's flatten() is the tensor itself
     t.unsqueeze_(0)
@@ -424,7 +443,10 @@ _CASES = [
     ("metadata_mutation_after_self_copy_of_input", metadata_mutation_after_self_copy_of_input, lambda: [_r(5, 5).mT], {"pre_dispatch": True}),
     ("write_into_slice_of_expanded_input", write_into_slice_of_expanded_input, lambda: [_r(5, 5)], {}),
     ("as_strided_fill_of_non_leaf_input", as_strided_fill_of_non_leaf_input, lambda: [_leaf(4, 1, 3) * 1], {}),
-    ("write_through_detached_alias_with_grad_operands", write_through_detached_alias_with_grad_operands, lambda: [_leaf(3, 4, 5)], {}),
+    ("write_through_detached_alias_with_grad_operands", write_through_detached_alias_with_grad_operands, lambda: [_leaf(3, 4, 5)],
+     {"fn_oop": write_through_detached_alias_with_grad_operands_oop}),
+    ("write_through_detached_alias_of_intermediate", write_through_detached_alias_of_intermediate, lambda: [_leaf(3, 4, 5)], {}),
+    ("partial_write_through_view_of_detached_input", partial_write_through_view_of_detached_input, lambda: [_leaf(6) * 1], {}),
     ("metadata_mutation_through_flatten_of_1d_input", metadata_mutation_through_flatten_of_1d_input, lambda: [_r(12)[::2]], {"pre_dispatch": True}),
     # name, fn, inputs factory, options
     ("bernoulli_on_transposed_input", bernoulli_on_transposed_input, lambda: [_r(3, 3).mT], {}),
@@ -443,11 +465,7 @@ _CASES = [
 
 
 
-_BUGS = {
-    "write_through_detached_alias_with_grad_operands": "core: a detach()ed alias written with "
-                                                       "operands that require grad loses "
-                                                       "requires_grad",
-}
+_BUGS: dict[str, str] = {}   # name -> the core bug a case still shows (strict xfail)
 _XFAIL: dict[tuple[str, bool], str] = {(n, ex): r for n, r in _BUGS.items() for ex in (False, True)}
 
 

@@ -318,3 +318,58 @@ def test_metadata_mutation_of_an_input_with_symbolic_sizes():
     fxpurify.check_pure(pure)
     for shape in [(3, 4), (5, 2)]:
         compare_with_eager(_transpose_input_in_place, pure, [torch.randn(*shape)])
+
+
+# ---------------------------------------------------------------- layouts fake tensors do not show
+
+def _random_after_out_resize(x):
+    y = torch.empty(0)
+    torch.sin(x, out=y)  # eager: y takes x's transposed layout; the fake kernel says contiguous
+    y.bernoulli_(0.5)  # RANDOM_UNKNOWN_LAYOUT
+    return y
+
+
+def test_random_fill_of_out_resized_tensor():
+    _refused(_random_after_out_resize, torch.randn(4, 6).mT, pattern="random-unknown-layout",
+             op="aten.bernoulli_.float", marker="RANDOM_UNKNOWN_LAYOUT")
+
+
+def _reshape_after_out_resize(x):
+    y = torch.empty(0)
+    torch.sin(x, out=y)
+    z = y.reshape(-1)  # RESHAPE_UNKNOWN_LAYOUT
+    z.zero_()
+    return y
+
+
+def test_reshape_of_out_resized_tensor():
+    # pre_dispatch keeps reshape (a view or a copy, decided by the layout at run time)
+    gm = fxpurify.trace(_reshape_after_out_resize, torch.randn(4, 6).mT, pre_dispatch=True)
+    with pytest.raises(UnsupportedError) as ei:
+        fxpurify.purify(gm)
+    assert ei.value.pattern == "view-of-unknown-layout"
+    assert f"{HERE}:{_line('RESHAPE_UNKNOWN_LAYOUT')}" in str(ei.value)
+
+
+def _broadcast_copy_from_own_row(x):
+    row = x[1:2]
+    x.copy_(row)  # OVERLAPPING_COPY
+    return x
+
+
+def test_copy_from_broadcast_view_of_destination():
+    # eager visits memory in some order and reads rows it already overwrote
+    _refused(_broadcast_copy_from_own_row, torch.randn(3, 3).mT, pattern="overlapping-copy",
+             op="aten.copy_.default", marker="OVERLAPPING_COPY")
+
+
+def test_copy_between_disjoint_views_of_one_tensor_is_not_refused():
+    def shift(x):
+        x[:2].copy_(x[2:])
+        return x
+    x = torch.randn(4, 3)
+    pure = fxpurify.purify(fxpurify.trace(shift, x.clone()))
+    expected = shift(x.clone())
+    got = x.clone()
+    pure(got)
+    torch.testing.assert_close(got, expected)
