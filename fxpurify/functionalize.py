@@ -34,6 +34,13 @@ Walking the original graph in program order:
 6. At the end (``emit.py``) every mutated input root gets one write-back, outputs that
    aliased an input are replayed from the input after it, and dead nodes are removed.
 
+Autograd is part of what must match, so the walk also mirrors eager's autograd bookkeeping:
+pending writes are flushed before the grad mode changes (a scatter keeps the mode its write
+had); each root counts eager's *version* so a view read after its memory was written uses
+the storage-relative path eager's regenerated ``grad_fn`` uses (``Ref.autograd_path``); a
+``detach()``ed alias written with grad on carries its own history (``Root.detached_history``);
+and random draws get eager's memory layout, since values are drawn in memory order.
+
 Why it is sound: by induction over the walk, after each original node ``read(r)`` evaluates to
 exactly the contents the eager program's tensor ``r`` has at that point. Views preserve it
 (replay on the current value); writes preserve it for every alias of the root because the
@@ -853,13 +860,17 @@ class Functionalizer:
         return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
 
     def _memory_order(self, val, node) -> list:
-        """Dimensions of ``val`` from outermost to innermost in memory."""
-        hints = [views._hint(st) for st in val.stride()]
-        if None in hints:
+        """Dimensions of ``empty_like(val)`` from outermost to innermost in memory: ``val``'s own
+        order when it is dense; for gapped or expanded tensors whatever torch infers (asked of a
+        meta tensor with the same sizes and strides)."""
+        sizes, strides = [views._hint(d) for d in val.shape], [views._hint(st) for st in val.stride()]
+        if None in sizes or None in strides:
             raise UnsupportedError(f"{node.target} on a tensor with data-dependent strides: the order "
                                    "random values are drawn in is unknown", node, pattern="random-non-dense",
                                    hint="draw into a fresh contiguous tensor")
-        return sorted(range(val.dim()), key=lambda d: (-hints[d], d))
+        like = torch.empty_strided(sizes, strides, dtype=val.dtype, device="meta")
+        dense = torch.empty_like(like).stride()
+        return sorted(range(val.dim()), key=lambda d: (-dense[d], d))
 
     def _dense_template(self, like, shaped, node):
         """An empty tensor with ``like``'s sizes, dense in ``like``'s dimension order: what
