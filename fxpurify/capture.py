@@ -144,28 +144,13 @@ def _is_dynamic_leaf(x: Any) -> bool:
 def _clone_preserving_aliases(values: Sequence[Any]) -> list[Any]:
     """Clone the tensors in ``values`` so a real-mode trace cannot mutate the caller's tensors.
 
-    Inputs that share storage at trace time must still share it in the clones: the traced graph
-    is specialised to that aliasing (DESIGN pitfall 7), so we clone each *storage* once and
-    rebuild every tensor as a view of its storage's clone with the same offset/size/stride.
+    Inputs that share storage at trace time must still share it in the clones (the traced graph
+    is specialised to that aliasing, DESIGN pitfall 7), and autograd structure must survive: a
+    non-leaf that requires grad stays a non-leaf, so in-place ops legal on it stay legal.
+    ``verify.clone_inputs`` does exactly that (one storage clone per group, hidden leaves).
     """
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    storages: dict[Any, Any] = {}
-    out = []
-    for v in values:
-        if not isinstance(v, torch.Tensor) or v.is_sparse or v.layout != torch.strided:
-            out.append(v)
-            continue
-        key = StorageWeakRef(v.untyped_storage())
-        if key not in storages:
-            storages[key] = v.untyped_storage().clone()
-        with torch.no_grad():
-            c = torch.empty((0,), dtype=v.dtype, device=v.device)
-            c.set_(storages[key], v.storage_offset(), v.size(), v.stride())
-        if v.requires_grad:
-            c.requires_grad_(True)
-        out.append(c)
-    return out
+    from .verify import clone_inputs
+    return list(clone_inputs(list(values)).inputs)
 
 
 def _sanitize(name: str) -> str:

@@ -79,6 +79,9 @@ DTYPE_CHANGING = {"lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or
 # Pure random fills whose values, for a non-contiguous ``self``, come out in another order than
 # their in-place forms' (measured on torch 2.13 CPU): bernoulli always; normal for gapped self.
 DRAW_ORDER_SENSITIVE = {aten.bernoulli.p}
+# Metadata queries that define a graph's size symbols.
+ENTRY_METADATA_QUERIES = {aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default,
+                          aten.sym_storage_offset.default}
 # Views whose aliasing or elements depend on the base's strides.
 LAYOUT_DEPENDENT_VIEWS = {"aten::reshape", "aten::reshape_as", "aten::flatten", "aten::contiguous",
                           "aten::_reshape_alias", "aten::as_strided"}
@@ -420,14 +423,7 @@ class Functionalizer:
                 f"this graph writes input '{root.input_node}', which was traced sharing memory with "
                 f"input(s) {', '.join(str(n) for n in root.aliased_inputs)}", origin, pattern="aliased-inputs",
                 hint="pass inputs that do not share storage (e.g. .clone() one of them), or retrace")
-        if ref.path:
-            overlapping = [step.val for step in ref.path if step.val is not None and views.may_overlap(step.val)]
-            if overlapping:
-                raise UnsupportedError(
-                    "write into a view whose elements overlap in memory (expand, overlapping "
-                    "unfold or as_strided): one element would receive several values",
-                    origin, pattern="overlapping-write",
-                    hint="clone the view before writing to it, or write into the base tensor")
+        self._refuse_overlapping_write(ref, origin)
         if root.input_node is not None and not root.mutated and _is_tensor(_val(root.input_node)) \
                 and views.may_overlap(_val(root.input_node)):
             raise UnsupportedError(
@@ -442,6 +438,7 @@ class Functionalizer:
             current = self.read(Ref(root, alias, alias[-1].val))
             hist = self.scatter(current, ref.path[k + 1:], value)
             root.detached_history = {**(root.detached_history or {}), alias: hist}
+            value = self.call(aten.detach.default, (value,), origin=origin, val=_val(value))   # the base's data
         path = views.from_storage(ref.path)   # as_strided writes storage, whatever view it is of
         root.mutated = True
         root.version += 1
@@ -469,6 +466,14 @@ class Functionalizer:
             self.pending_roots[root] = None
         else:
             root.value = value
+
+    def _refuse_overlapping_write(self, ref: Ref, origin):
+        if any(step.val is not None and views.may_overlap(step.val) for step in ref.path):
+            raise UnsupportedError(
+                "write into a view whose elements overlap in memory (expand, overlapping "
+                "unfold or as_strided): one element would receive several values",
+                origin, pattern="overlapping-write",
+                hint="clone the view before writing to it, or write into the base tensor")
 
     def _match_dtype(self, value, like, origin):
         have = _val(value)
@@ -628,6 +633,15 @@ class Functionalizer:
             if bound.get(hidden.when) is True and all(bound.get(w) is not None for w in hidden.written):
                 return self._hidden_write(node, op, hidden, bound)
         info = op_info(op)
+        if op in ENTRY_METADATA_QUERIES and isinstance(node.args[0], torch.fx.Node) \
+                and node.args[0].op == "placeholder":
+            # A symbol's defining query (sym_size(x, 2)) reads the input as it entered, even
+            # after a metadata mutation of it (squeeze_): the runtime input has exactly that.
+            ref = self.env.get(node.args[0])
+            if isinstance(ref, Ref) and ref.root.input_node is not None:
+                self.env[node] = self.graph.node_copy(
+                    node, lambda a: ref.root.input_node if a is node.args[0] else self._read_one(a))
+                return
         if op is aten.copy_.default:
             return self._copy_(node)
         if op is aten.resize_.default:
@@ -684,6 +698,7 @@ class Functionalizer:
                      "declaring mutates_args so it can be auto-functionalized")
         bound = bind_args(op, node.args, node.kwargs)
         written = [w for w in info.written if bound.get(w) is not None]
+        self._refuse_aliased_written(op, bound, written, node)
         if info.is_out:
             out_vals = [_val(bound[w]) for w in written]
         fbound = {name: self.read_arg(bound[src]) for name, src in zip(variant.arg_names, variant.sources)}
@@ -703,6 +718,12 @@ class Functionalizer:
             old_self = fbound[self_name]
             fbound[self_name] = self.call(aten.detach.default, (old_self,), origin=node, val=_val(old_self))
         if variant.auto:
+            # auto_functionalized hands the kernel clones that keep strides: a written argument
+            # whose value is a broadcast (a copy_ of a smaller src) must be real memory first.
+            fbound = {k: self.call(aten.clone.default, (v,), {"memory_format": torch.contiguous_format},
+                                   origin=node)
+                      if k in written and isinstance(v, torch.fx.Node) and _is_tensor(_val(v))
+                      and views.may_overlap(_val(v)) else v for k, v in fbound.items()}
             args, kwargs = (op,), fbound
         else:
             args, kwargs = call_args(variant.target, fbound)
@@ -736,6 +757,12 @@ class Functionalizer:
                             fallback_val=_val(node) if info.written == ("self",) and not info.fresh_returns else None)
         if grad_link:
             new = self._keep_grad_link(new, old_self, node)
+        elif info.written == ("self",) and op._schema.name.split("::")[-1].rstrip("_") in DTYPE_CHANGING \
+                and _is_tensor(eager_self := _val(bound["self"])) and eager_self.dtype.is_floating_point \
+                and self.grad_enabled is not False and self._may_require_grad(bound["self"]):
+            # x.ge_(0) of an x that requires grad still requires grad (zero gradient); the pure
+            # comparison returns bool, which cannot.
+            new = self._keep_grad_link(self._match_dtype(new, eager_self, node), fbound[self_name], node)
         nvals = info.fresh_returns + len(info.written)
         results = self._split_results(new, nvals, variant.auto, len(info.written))
         self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
@@ -785,6 +812,16 @@ class Functionalizer:
             elif isinstance(value, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in value):
                 return None
         return this
+
+    def _refuse_aliased_written(self, op, bound, written, node):
+        """One op writing two arguments that share memory: eager's kernel reads what it already
+        wrote through the other, which no pure variant (reading old values) reproduces."""
+        roots = [self.env[bound[w]].root for w in written
+                 if isinstance(bound[w], torch.fx.Node) and isinstance(self.env.get(bound[w]), Ref)]
+        if len({id(r) for r in roots}) != len(roots):
+            raise UnsupportedError(
+                f"{op} writes several arguments that share memory ({', '.join(written)})", node,
+                pattern="aliased-arguments", hint="pass distinct tensors (e.g. clone() the extra ones)")
 
     def _refuse_aliased_list(self, tensors, node, op):
         """A list-writing op (``_foreach_*_``) whose tensors share memory: eager writes them one
@@ -1026,6 +1063,7 @@ class Functionalizer:
         dst = self.ref_of(bound["self"], node)
         src = self.env.get(bound["src"])
         if isinstance(src, Ref) and src.root is dst.root and src.path == dst.path:
+            self._refuse_overlapping_write(dst, node)   # eager's autograd through it is not a no-op
             self.report.add("copy-removed", node, "-", "copy of a tensor onto itself")
             dst.root.version += 1   # eager still bumps the version (regenerating views' grad_fn)
             self.env[node] = dst
@@ -1055,10 +1093,28 @@ class Functionalizer:
         elif not views.same_shape(have.shape, want.shape):
             value = self.call(aten.expand.default, (value, views.sizes_of(self, self.read(dst))), origin=node,
                               note="was copy_ (broadcast)")
+        if not dst.path and dst.root.input_node is None and views.is_static(want) \
+                and (not want.is_contiguous() or value.target is aten.expand.default):
+            # A whole fresh tensor keeps its own layout through copy_ (empty_strided(...).copy_(x)
+            # is laid out as allocated, and a broadcast src fills real memory): so does its value.
+            value = self._in_layout(value, want, node)
         self.report.add("copy-forwarded", node, str(value.target) if value.op == "call_function" else value.name,
                         "copy_ becomes the copied value")
         self.write(dst, value, node)
         self.env[node] = dst
+
+    def _in_layout(self, value, like, node):
+        """``value``'s elements laid out in memory exactly as ``like`` (static) is."""
+        if views.is_dense(like) and like.storage_offset() == 0:
+            perm = self._memory_order(like, node)
+            dense = self.call(aten.permute.default, (value, perm), origin=node)
+            dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
+            return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
+        from . import runtime
+        template = self.call(aten.empty_strided.default, (list(like.shape), list(like.stride())),
+                             {"dtype": like.dtype, "device": like.device}, origin=node)
+        return self.call(runtime.copy_into, (template, value), origin=node, val=like,
+                         note="the copy keeps the destination's (gapped) layout")
 
     def _resize_(self, node):
         bound = bind_args(aten.resize_.default, node.args, node.kwargs)
@@ -1072,6 +1128,25 @@ class Functionalizer:
                                    pattern="resize-input", hint="allocate a new tensor of the wanted size instead")
         size = self.read_arg(bound["size"])
         new = self.call(aten.new_empty.default, (self.read(ref), size), origin=node, note="was resize_")
+        old = ref.val
+        if not (isinstance(old.numel(), int) and old.numel() == 0):
+            # resize_ keeps the storage: the new (contiguous) tensor holds the old elements in
+            # memory order, then uninitialized memory if it grew.
+            if not (views.is_static(old) and views.is_static(want) and old.storage_offset() == 0
+                    and views.is_dense(old)):
+                raise UnsupportedError("resize_ of a tensor with data, whose memory layout (gaps, offset or "
+                                       "symbolic sizes) decides which elements the result keeps", node,
+                                       pattern="resize-layout", hint="use reshape / narrow / torch.cat instead")
+            perm = self._memory_order(old, node)
+            flat = self.call(aten.permute.default, (self.read(ref), perm), origin=node)
+            flat = self.call(aten.reshape.default, (flat, [-1]), origin=node)
+            n, have = want.numel(), old.numel()
+            if n <= have:
+                flat = self.call(aten.slice.Tensor, (flat, 0, 0, n), origin=node)
+            else:
+                tail = self.call(aten.new_empty.default, (flat, [n - have]), origin=node)
+                flat = self.call(aten.cat.default, ([flat, tail],), origin=node)
+            new = self.call(aten.view.default, (flat, list(want.shape)), origin=node, note="was resize_")
         self.pending_roots.pop(ref.root, None)
         ref.root.value, ref.root.pending_path, ref.root.pending_value = new, None, None
         ref.val = want

@@ -123,3 +123,23 @@ def keep_autograd_history_view(new: torch.Tensor, old: torch.Tensor) -> torch.Te
     if torch.is_grad_enabled() and old.requires_grad:
         return _KeepHistoryView.apply(new, old)
     return new
+
+
+class _CopyInto(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, template, value):
+        return torch.ops.aten.copy.default(template, value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad
+
+
+def copy_into(template: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (broadcast) in a new tensor laid out like ``template`` (sizes, strides, offset,
+    gaps): the pure form of ``copy_`` into a freshly allocated strided tensor. ``aten.copy`` has
+    no derivative; the gradient is the identity to ``value`` (summed over broadcast dims)."""
+    if torch.is_grad_enabled() and value.requires_grad:
+        out = _CopyInto.apply(template, value.expand(template.shape))
+        return out
+    return torch.ops.aten.copy.default(template, value)

@@ -131,9 +131,19 @@ def test_write_through_as_strided_after_layout_change():
 
 
 def _stride_sensitive_read(x, z):
-    y = torch.empty_strided((3, 4), (1, 3))
-    y.copy_(z)
+    y = torch.empty_strided((3, 4), (8, 1)).fill_(1.0)   # rows with gaps
+    y.mul_(z)   # the pure mul's result is dense: as_strided below would select other elements
     return y.as_strided((12,), (1,)) + x  # STRIDE_READ
+
+
+def test_as_strided_read_after_copy_into_transposed_buffer():
+    """copy_ into a whole fresh strided tensor keeps its layout: storage-relative reads work."""
+    def f(x, z):
+        y = torch.empty_strided((3, 4), (1, 3))
+        y.copy_(z)
+        return y.as_strided((12,), (1,)) + x
+    x, z = torch.randn(12), torch.randn(3, 4)
+    fxpurify.verify.compare_with_eager(f, fxpurify.purify(fxpurify.trace(f, x, z)), [x, z])
 
 
 def test_as_strided_read_after_layout_change():
@@ -373,3 +383,12 @@ def test_copy_between_disjoint_views_of_one_tensor_is_not_refused():
     got = x.clone()
     pure(got)
     torch.testing.assert_close(got, expected)
+
+
+def _one_tensor_as_several_written_args(x):
+    return torch._fused_moving_avg_obs_fq_helper(x, x, x, x, x, x, x, 1.0, 0, 1, 0)  # ALIASED_ARGS
+
+
+def test_op_writing_several_arguments_that_share_memory():
+    _refused(_one_tensor_as_several_written_args, torch.ones(1), pattern="aliased-arguments",
+             op="_fused_moving_avg_obs_fq_helper", marker="ALIASED_ARGS")
