@@ -790,7 +790,7 @@ class Functionalizer:
 
     def _same_as_self(self, node, op, info, bound):
         """The pure result's fake value without running the op, where it is certain: a plain
-        in-place op (``foo_``) on a ``self`` that fills its storage densely, whose tensor
+        pointwise in-place op (``foo_``) on a ``self`` that fills its storage densely, whose tensor
         arguments share ``self``'s dtype and layout (or are 0-dim), returns a tensor laid out
         exactly like ``self`` after the op, which is the node's recorded value. (Only its storage
         differs; the pass decides aliasing structurally, never from new nodes' storages.)
@@ -799,6 +799,8 @@ class Functionalizer:
             return None
         if op._schema.name.split("::")[-1].rstrip("_") in DTYPE_CHANGING:
             return None
+        if torch.Tag.pointwise not in op.tags and op._schema.name.rstrip("_") not in ("aten::fill", "aten::zero"):
+            return None   # triu_, cumsum_, ...: their pure forms return contiguous results
         this = _val(node)
         if not _is_tensor(this) or not views.owns_storage_densely(this):
             return None
