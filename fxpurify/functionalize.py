@@ -374,8 +374,7 @@ class Functionalizer:
         hist = self.detached_history(ref)
         if hist is None:
             return value
-        fn = runtime.keep_autograd_history_view if as_view else runtime.keep_autograd_history
-        return self.call(fn, (value, hist), val=_val(value),
+        return self.call(runtime.keep_autograd_history, (value, hist) + ((True,) if as_view else ()), val=_val(value),
                          note="a detach()ed alias written with grad on: its own autograd history")
 
     def _early_write_back(self, root: Root):

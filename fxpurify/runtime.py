@@ -91,37 +91,22 @@ def old_value(x: torch.Tensor, active: bool) -> torch.Tensor:
 
 class _KeepHistory(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, new, old):
-        return new.clone()
+    def forward(ctx, new, old, as_view):
+        # as_view: a view with new's exact sizes and strides (an output that must alias an input)
+        return torch.ops.aten.alias.default(new) if as_view else new.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        return None, grad
+        return None, grad, None
 
 
-def keep_autograd_history(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+def keep_autograd_history(new: torch.Tensor, old: torch.Tensor, as_view: bool = False) -> torch.Tensor:
     """``new``'s values with ``old``'s autograd history: what a tensor that requires grad holds
-    after an in-place write under ``no_grad`` (eager leaves its ``grad_fn`` as it was)."""
+    after an in-place write under ``no_grad`` (eager leaves its ``grad_fn`` as it was), or a
+    ``detach()``ed alias after a write with grad on (``as_view``: for an output that must alias
+    an input)."""
     if torch.is_grad_enabled() and old.requires_grad:
-        return _KeepHistory.apply(new, old)
-    return new
-
-
-class _KeepHistoryView(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, new, old):
-        return torch.ops.aten.alias.default(new)   # a view with new's exact sizes and strides
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, grad
-
-
-def keep_autograd_history_view(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """Like ``keep_autograd_history`` but a view of ``new``: for an output that must alias an
-    input (a ``detach()``ed alias of it that the program wrote with grad on)."""
-    if torch.is_grad_enabled() and old.requires_grad:
-        return _KeepHistoryView.apply(new, old)
+        return _KeepHistory.apply(new, old, as_view)
     return new
 
 

@@ -392,3 +392,24 @@ def _one_tensor_as_several_written_args(x):
 def test_op_writing_several_arguments_that_share_memory():
     _refused(_one_tensor_as_several_written_args, torch.ones(1), pattern="aliased-arguments",
              op="_fused_moving_avg_obs_fq_helper", marker="ALIASED_ARGS")
+
+
+def _resize_gapped(x):
+    y = torch.empty_strided((3, 4), (8, 1)).fill_(1.0)
+    y.resize_(12)  # RESIZE_LAYOUT
+    return y + x
+
+
+def test_resize_keeping_data_of_a_gapped_tensor():
+    _refused(_resize_gapped, torch.randn(12), pattern="resize-layout", op="aten.resize_.default",
+             marker="RESIZE_LAYOUT")
+
+
+def test_resize_keeping_data_to_another_rank():
+    """Same element count, new rank: eager keeps the data (in memory order)."""
+    def f(x):
+        y = x.t().clone()
+        y.resize_(2, 6)
+        return y * 2
+    x = torch.randn(3, 4)
+    fxpurify.verify.compare_with_eager(f, fxpurify.purify(fxpurify.trace(f, x)), [x])
