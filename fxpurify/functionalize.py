@@ -772,7 +772,7 @@ class Functionalizer:
                 continue
             value = results[info.fresh_returns + i]
             if isinstance(target, (list, tuple)):
-                self._refuse_aliased_list(target, node, op)
+                self._refuse_aliased_list(target, node, op, sequential=False)
                 for k, t in enumerate(target):
                     item = self.call(operator.getitem, (value, k), origin=node)
                     self.write(self.ref_of(t, node), item, node)
@@ -824,11 +824,16 @@ class Functionalizer:
                 f"{op} writes several arguments that share memory ({', '.join(written)})", node,
                 pattern="aliased-arguments", hint="pass distinct tensors (e.g. clone() the extra ones)")
 
-    def _refuse_aliased_list(self, tensors, node, op):
-        """A list-writing op (``_foreach_*_``) whose tensors share memory: eager writes them one
-        after the other, with autograd over aliased tensors no pure form reproduces."""
+    def _refuse_aliased_list(self, tensors, node, op, sequential: bool):
+        """A list-writing op (``_foreach_*_``) whose tensors share memory. ``sequential``: the
+        rewrite reads and writes one element at a time, as eager's per-tensor loop does; then
+        only autograd is a problem."""
         roots = [self.ref_of(t, node).root for t in tensors]
-        if len({id(r) for r in roots}) != len(roots):
+        if len({id(r) for r in roots}) != len(roots) and not (
+                sequential and (self.grad_enabled is False or not any(self._may_require_grad_root(r) for r in roots))):
+            # Without autograd (no_grad, as in optimizer steps) eager's per-tensor loop is
+            # exactly the per-element rewrite; with it, eager's foreach autograd node over
+            # aliased tensors gives gradients no per-element form reproduces.
             raise UnsupportedError(
                 f"{op} writes a list whose tensors share memory; eager writes them one after the "
                 "other, which no list-wise pure op reproduces", node, pattern="aliased-foreach",
@@ -846,7 +851,7 @@ class Functionalizer:
             return False
         bound = bind_args(op, node.args, node.kwargs)
         selfs = bound["self"]
-        self._refuse_aliased_list(selfs, node, op)
+        self._refuse_aliased_list(selfs, node, op, sequential=True)
         keyword = {"alpha": "alpha", "value": "value"}
         if base.startswith("addc") or base == "lerp":
             keyword.update({"scalar": "value" if base.startswith("addc") else "weight",

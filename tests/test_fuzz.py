@@ -330,6 +330,13 @@ def partial_write_through_view_of_detached_input(x):
     return t, x
 
 
+def no_grad_foreach_over_aliased_list(x):
+    t = x[1:3]
+    with torch.no_grad():
+        torch._foreach_mul_([t, x], 2.0)   # eager: one tensor after the other
+    return x * 1
+
+
 def write_through_detached_alias_with_grad_operands_oop(x):   # eager backward rejects the above
     t = x.detach()
     t.copy_(t.clone().addcmul_(x.clone(), x.sum().clone(), value=0.5))
@@ -445,6 +452,7 @@ _CASES = [
     ("as_strided_fill_of_non_leaf_input", as_strided_fill_of_non_leaf_input, lambda: [_leaf(4, 1, 3) * 1], {}),
     ("write_through_detached_alias_with_grad_operands", write_through_detached_alias_with_grad_operands, lambda: [_leaf(3, 4, 5)],
      {"fn_oop": write_through_detached_alias_with_grad_operands_oop}),
+    ("no_grad_foreach_over_aliased_list", no_grad_foreach_over_aliased_list, lambda: [_leaf(6) * 1], {"pre_dispatch": True}),
     ("write_through_detached_alias_of_intermediate", write_through_detached_alias_of_intermediate, lambda: [_leaf(3, 4, 5)], {}),
     ("partial_write_through_view_of_detached_input", partial_write_through_view_of_detached_input, lambda: [_leaf(6) * 1], {}),
     ("metadata_mutation_through_flatten_of_1d_input", metadata_mutation_through_flatten_of_1d_input, lambda: [_r(12)[::2]], {"pre_dispatch": True}),

@@ -413,3 +413,15 @@ def test_resize_keeping_data_to_another_rank():
         return y * 2
     x = torch.randn(3, 4)
     fxpurify.verify.compare_with_eager(f, fxpurify.purify(fxpurify.trace(f, x)), [x])
+
+
+def _foreach_over_aliased_list_with_grad(x):
+    t = x[1:3]
+    torch._foreach_mul_([t, x], 2.0)  # ALIASED_FOREACH
+    return x * 1
+
+
+def test_foreach_over_aliased_list_recorded_by_autograd():
+    # without autograd (no_grad, optimizer steps) the same program is rewritten exactly
+    _refused(_foreach_over_aliased_list_with_grad, torch.randn(6, requires_grad=True) * 1,
+             pattern="aliased-foreach", op="aten._foreach_mul_", marker="ALIASED_FOREACH")
