@@ -105,10 +105,11 @@ class Root:
 
     __slots__ = ("value", "pending_path", "pending_value", "input_node", "orig", "mutated", "aliased_inputs",
                  "visible_write", "no_grad_write", "needs_snapshot", "write_modes", "autograd_base",
-                 "last_writer", "version", "detached_history", "layout_unknown")
+                 "last_writer", "version", "detached_history", "layout_unknown", "initial")
 
     def __init__(self, value, orig, input_node=None):
         self.value = value
+        self.initial = value   # the new graph's own copy of the allocating node (or the input)
         self.version = 0   # eager's version counter: bumped by every write and metadata mutation
         # A detach()ed alias written with grad on has an autograd history of its own (eager gives
         # it the write's grad_fn; the base's history is untouched): its path up to the detach
@@ -345,14 +346,16 @@ class Functionalizer:
         for root in list(self.pending_roots):
             self.flush(root)
 
-    def read(self, ref: Ref) -> torch.fx.Node:
+    def read(self, ref: Ref, written: bool = False) -> torch.fx.Node:
+        """``ref``'s current value. ``written``: it is about to be written in place; eager's
+        ``CopySlices`` then sends its gradient through the base, as storage-relative views do."""
         root = ref.root
         if self.grad_enabled is not False:
             if root.autograd_base is not None:
                 self._restore_history(root)
             if root.no_grad_write:
                 self._early_write_back(root)
-        path = ref.autograd_path()
+        path = views.from_storage(ref.path) if written else ref.autograd_path()
         if root.pending_path is not None and path[:len(root.pending_path)] == root.pending_path:
             value = self.replay(root.pending_value, path[len(root.pending_path):])
         else:
@@ -700,7 +703,9 @@ class Functionalizer:
         self._refuse_aliased_written(op, bound, written, node)
         if info.is_out:
             out_vals = [_val(bound[w]) for w in written]
-        fbound = {name: self.read_arg(bound[src]) for name, src in zip(variant.arg_names, variant.sources)}
+        fbound = {name: self.read(self.env[bound[src]], written=True)
+                  if src in written and isinstance(self.env.get(bound[src]), Ref) else self.read_arg(bound[src])
+                  for name, src in zip(variant.arg_names, variant.sources)}
         written_vals = [_val(bound[w]) for w in info.written if isinstance(bound.get(w), torch.fx.Node)]
         if written_vals and all(_is_tensor(v) and not (v.dtype.is_floating_point or v.dtype.is_complex)
                                 for v in written_vals):
@@ -743,7 +748,7 @@ class Functionalizer:
                 and not views.is_dense(eager_val):
             raise _normal_with_gaps(node)
         if _is_tensor(self_val) and _is_tensor(eager_val) and "self" in info.written \
-                and not (self_val.is_contiguous() and eager_val.is_contiguous()):
+                and not self._holds_eagers_layout(self.env[bound["self"]]):
             args = (self._in_eager_layout(op, args[0], eager_val, node),) + tuple(args[1:])
             self_val = _val(args[0])
         if _is_tensor(self_val) and not self_val.is_contiguous() and (
@@ -860,7 +865,7 @@ class Functionalizer:
         for i, target in enumerate(selfs):
             # Read, compute and write one element at a time, as eager's per-tensor loop does:
             # elements that alias each other see the earlier elements' writes.
-            args, kwargs = [self.read(self.ref_of(target, node))], {}
+            args, kwargs = [self.read(self.ref_of(target, node), written=True)], {}
             for a in op._schema.arguments[1:]:
                 value = bound[a.name]
                 if isinstance(value, (list, tuple)):
@@ -886,6 +891,14 @@ class Functionalizer:
                         "in-place foreach op replaced by one pure op per element")
         self.env[node] = None
         return True
+
+    def _holds_eagers_layout(self, ref: Ref) -> bool:
+        """Whether ``ref`` is, at run time, laid out exactly as eager's tensor: only when it is
+        a whole root not written yet (the allocating op or input itself). Fake strides of
+        computed values are not trusted: e.g. ``masked_fill`` of a transposed tensor is
+        contiguous on CPU, its fake value transposed."""
+        root = ref.root
+        return not ref.path and root.value is root.initial and root.pending_path is None
 
     def _in_eager_layout(self, op, current, eager_val, node):
         """``current`` laid out in memory as eager's tensor was: random values are drawn in memory
@@ -1094,7 +1107,7 @@ class Functionalizer:
             # dst may require grad: after copy_ it still does (gradient zero w.r.t. its old
             # value), however src was made. where(True, src, old) is exactly that, and
             # broadcasts src as copy_ does.
-            value = self.call(aten.where.self, (self._true(node), value, self.read(dst)), origin=node,
+            value = self.call(aten.where.self, (self._true(node), value, self.read(dst, written=True)), origin=node,
                               note="was copy_ (keeps dst's autograd link)")
         elif not views.same_shape(have.shape, want.shape):
             value = self.call(aten.expand.default, (value, views.sizes_of(self, self.read(dst))), origin=node,
