@@ -248,7 +248,9 @@ class Functionalizer:
             hit = self.val_cache.get(key)
             if hit is not None:
                 return hit
-        with self.fake_mode:
+        # Only metadata is wanted: no autograd (fake values are snapshots made under no_grad,
+        # whose storages the propagation wrote; a view of one under grad mode would be refused).
+        with self.fake_mode, torch.no_grad():
             val = node.target(*args, **kwargs)
         if key is not None and not node.target in NEVER_SHARE_VALUES:
             self.val_cache[key] = val
@@ -274,6 +276,8 @@ class Functionalizer:
         hit = self.view_cache.get(key)
         if hit is not None:
             return hit
+        if step.op is aten.as_strided.default:
+            base = self._in_storage_layout(base, step)
         if step.op in (aten.as_strided.default,) and not views.layout_matches(base.meta["val"], step.base_val):
             raise UnsupportedError(
                 "as_strided reads memory by storage coordinates, but after an earlier mutation its "
@@ -307,6 +311,8 @@ class Functionalizer:
     def scatter(self, base, path, value) -> torch.fx.Node:
         if not path:
             return value
+        if path[0].op is aten.as_strided.default:
+            base = self._in_storage_layout(base, path[0])
         bases = [base]
         for step in path[:-1]:
             bases.append(self.apply_step(bases[-1], step))
@@ -314,6 +320,19 @@ class Functionalizer:
             value = views.inverse(self, step, b, value)
             self.report.add("view-inverse", step.source, f"{value.target}", "write through a view reaches its base")
         return value
+
+    def _in_storage_layout(self, base, step):
+        """``as_strided`` addresses storage: if a write left ``base`` laid out otherwise than the
+        tensor the view was taken from, and that tensor filled its storage densely (static
+        sizes), a copy in that layout makes the storage coordinates right again."""
+        want = step.base_val
+        if views.layout_matches(base.meta["val"], want) or want is None or not views.is_static(want) \
+                or not views.owns_storage_densely(want):
+            return base
+        key = ("storage-layout", base)
+        if key not in self.view_cache:
+            self.view_cache[key] = self._in_layout(base, want, step.source)
+        return self.view_cache[key]
 
     def base_of(self, root: Root) -> torch.fx.Node:
         """The root's current value. For an input the graph will write back, its *old* value is

@@ -352,6 +352,13 @@ def _as_strided_fallback(e, step, base, value):
                                pattern="symbolic-as-strided-write",
                                hint="trace with static shapes, or write with slicing/index ops")
     base_val = base.meta["val"]
+    perm = None
+    if not base_val.is_contiguous() and is_static(base_val) and owns_storage_densely(base_val):
+        # Dense in another dimension order (e.g. transposed): its permutation into memory order
+        # is its storage laid flat.
+        perm = sorted(range(base_val.dim()), key=lambda d: (-base_val.stride(d), d))
+        base = e.call(aten.permute.default, (base, perm), origin=step.source)
+        base_val = base.meta["val"]
     if not base_val.is_contiguous() or not isinstance(base_val.storage_offset(), int):
         raise UnsupportedError(f"cannot write through {step.op} into a non-contiguous tensor", step.source,
                                pattern="stride-sensitive-write",
@@ -372,7 +379,10 @@ def _as_strided_fallback(e, step, base, value):
         index = e.call(aten.scalar_tensor.default, (index,), {"dtype": torch.long, "device": device})
     flat = e.call(aten.view.default, (base, [-1]))
     written = e.call(aten.index_put.default, (flat, [index], value), origin=step.source)
-    return e.call(aten.view.default, (written, sizes_of(e, base)), origin=step.source)
+    written = e.call(aten.view.default, (written, sizes_of(e, base)), origin=step.source)
+    if perm is not None:
+        written = e.call(aten.permute.default, (written, _inverse_permutation(perm)), origin=step.source)
+    return written
 
 
 def _unfold(e, step, base, value):

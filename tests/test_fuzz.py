@@ -337,6 +337,16 @@ def no_grad_foreach_over_aliased_list(x):
     return x * 1
 
 
+def as_strided_read_after_write_to_transposed_input(x):
+    x.masked_fill_(x > 0.5, 1.5)   # the pure masked_fill is contiguous; x stays transposed
+    return x.as_strided((3,), (1,), 0) * 1
+
+
+def as_strided_write_into_transposed_input(x):
+    x.as_strided((2, 2), (1, 3), 1).mul_(2)
+    return x * 1
+
+
 def write_through_detached_alias_with_grad_operands_oop(x):   # eager backward rejects the above
     t = x.detach()
     t.copy_(t.clone().addcmul_(x.clone(), x.sum().clone(), value=0.5))
@@ -452,6 +462,8 @@ _CASES = [
     ("as_strided_fill_of_non_leaf_input", as_strided_fill_of_non_leaf_input, lambda: [_leaf(4, 1, 3) * 1], {}),
     ("write_through_detached_alias_with_grad_operands", write_through_detached_alias_with_grad_operands, lambda: [_leaf(3, 4, 5)],
      {"fn_oop": write_through_detached_alias_with_grad_operands_oop}),
+    ("as_strided_read_after_write_to_transposed_input", as_strided_read_after_write_to_transposed_input, lambda: [_r(3, 3).mT], {}),
+    ("as_strided_write_into_transposed_input", as_strided_write_into_transposed_input, lambda: [_leaf(3, 3).mT * 1], {}),
     ("no_grad_foreach_over_aliased_list", no_grad_foreach_over_aliased_list, lambda: [_leaf(6) * 1], {"pre_dispatch": True}),
     ("write_through_detached_alias_of_intermediate", write_through_detached_alias_of_intermediate, lambda: [_leaf(3, 4, 5)], {}),
     ("partial_write_through_view_of_detached_input", partial_write_through_view_of_detached_input, lambda: [_leaf(6) * 1], {}),

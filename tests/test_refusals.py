@@ -118,15 +118,15 @@ def test_gapped_unfold_write_is_exact_not_refused():
 # ---------------------------------------------------------------- stride-sensitive views
 
 def _stride_sensitive_write(x, z, s):
-    # int64: copy_ into it needs no autograd link, so nothing reads y before the write
-    y = torch.empty_strided((3, 4), (1, 3), dtype=torch.int64)
-    y.copy_(z)
+    # rows with gaps; int64: copy_ into it needs no autograd link, so nothing reads y first
+    y = torch.empty_strided((3, 4), (8, 1), dtype=torch.int64).fill_(1)
+    y.mul_(z)   # the pure mul's result is dense: storage coordinates no longer apply
     y.as_strided((2, 2), (1, 3)).copy_(s)  # STRIDE_WRITE
     return y + x
 
 
 def test_write_through_as_strided_after_layout_change():
-    _refused(_stride_sensitive_write, torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 2),
+    _refused(_stride_sensitive_write, torch.randn(3, 4), torch.randint(0, 5, (3, 4)), torch.randint(0, 5, (2, 2)),
              pattern="stride-sensitive-write", op="aten.as_strided.default", marker="STRIDE_WRITE")
 
 
