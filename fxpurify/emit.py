@@ -127,8 +127,13 @@ def finish(fz: Functionalizer) -> torch.fx.Graph:
         offset = val.storage_offset()
         if not isinstance(offset, int):
             offset = fz.call(aten.sym_storage_offset.default, (shaped,))
+        # Data is unchanged, so the version counter is too: a bump would flag tensors autograd
+        # holds from the input (outputs that are views of it) as modified. Nothing saved for
+        # backward is the input itself: reads of a metadata-mutated input go through old_value.
+        version = fz.call(runtime.version_of, (root.input_node,), val=0)
         fz.call(aten.as_strided_.default, (root.input_node, size, stride, offset), origin=ref.path[-1].source,
                 val=val, note=f"metadata of input {root.input_node.name} changed by {ref.path[-1].source.target}")
+        fz.call(runtime.restore_version, (root.input_node, version), val=True)
         fz.report.add("metadata-epilogue", ref.path[-1].source, "aten.as_strided_",
                       "the caller sees the input's new sizes/strides")
     graph.output(outputs)

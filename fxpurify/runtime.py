@@ -128,3 +128,16 @@ def copy_into(template: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         out = _CopyInto.apply(template, value.expand(template.shape))
         return out
     return torch.ops.aten.copy.default(template, value)
+
+
+def version_of(x: torch.Tensor) -> int:
+    return x._version
+
+
+def restore_version(x: torch.Tensor, version: int) -> None:
+    """Set ``x``'s version counter back (after a metadata-only epilogue: no data changed)."""
+    torch._C._autograd._unsafe_set_version_counter((x,), (version,))
+
+
+version_of._fxpurify_side_effect = True
+restore_version._fxpurify_side_effect = True
