@@ -786,6 +786,15 @@ class Functionalizer:
             # x.ge_(0) of an x that requires grad still requires grad (zero gradient); the pure
             # comparison returns bool, which cannot.
             new = self._keep_grad_link(self._match_dtype(new, eager_self, node), fbound[self_name], node)
+        if info.written == ("self",) and not info.fresh_returns and not info.is_out and not variant.auto \
+                and not info.is_random and torch.Tag.pointwise not in op.tags \
+                and isinstance(self.env.get(bound["self"]), Ref):
+            eager_self = self.env[bound["self"]].val
+            if _is_tensor(eager_self) and views.is_dense(eager_self) and not eager_self.is_contiguous():
+                # An in-place op keeps self's layout; its pure form (scatter_add, index_put, triu,
+                # ...) returns a contiguous tensor. Later reductions would add in another order
+                # and storage-relative views would select other elements: lay it out as eager's.
+                new = self._dense_like(new, eager_self, node)
         nvals = info.fresh_returns + len(info.written)
         results = self._split_results(new, nvals, variant.auto, len(info.written))
         self.report.add("functionalized", node, str(variant.target) if not variant.auto else f"auto_functionalized({op})",
@@ -929,10 +938,7 @@ class Functionalizer:
             return self._dense_template(eager_val, lambda: current, node)
         # Values matter (dropout_): eager draws its mask with empty_like(self), which is dense
         # with self's dimension order (gaps or not). Same here.
-        perm = self._memory_order(eager_val, node)
-        dense = self.call(aten.permute.default, (current, perm), origin=node)
-        dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
-        return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
+        return self._dense_like(current, eager_val, node)
 
     def _memory_order(self, val, node) -> list:
         """Dimensions of ``empty_like(val)`` from outermost to innermost in memory: ``val``'s own
@@ -1141,13 +1147,17 @@ class Functionalizer:
         self.write(dst, value, node)
         self.env[node] = dst
 
+    def _dense_like(self, value, like, node):
+        """``value`` in a dense tensor with ``like``'s dimension order (its strides, if dense)."""
+        perm = self._memory_order(like, node)
+        dense = self.call(aten.permute.default, (value, perm), origin=node)
+        dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
+        return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
+
     def _in_layout(self, value, like, node):
         """``value``'s elements laid out in memory exactly as ``like`` (static) is."""
         if views.is_dense(like) and like.storage_offset() == 0:
-            perm = self._memory_order(like, node)
-            dense = self.call(aten.permute.default, (value, perm), origin=node)
-            dense = self.call(aten.clone.default, (dense,), {"memory_format": torch.contiguous_format}, origin=node)
-            return self.call(aten.permute.default, (dense, views._inverse_permutation(perm)), origin=node)
+            return self._dense_like(value, like, node)
         from . import runtime
         template = self.call(aten.empty_strided.default, (list(like.shape), list(like.stride())),
                              {"dtype": like.dtype, "device": like.device}, origin=node)
