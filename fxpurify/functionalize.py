@@ -665,6 +665,8 @@ class Functionalizer:
                 return
         if op is aten.copy_.default:
             return self._copy_(node)
+        if op is aten.fill_diagonal_.default:
+            return self._fill_diagonal_(node)
         if op is aten.resize_.default:
             return self._resize_(node)
         if info.metadata_only:
@@ -1163,6 +1165,39 @@ class Functionalizer:
                              {"dtype": like.dtype, "device": like.device}, origin=node)
         return self.call(runtime.copy_into, (template, value), origin=node, val=like,
                          note="the copy keeps the destination's (gapped) layout")
+
+    def _fill_diagonal_(self, node):
+        """``fill_diagonal_`` has no functional ATen form. Its elements are ``(i, i, ..., i)``, and
+        with ``wrap`` on a tall matrix every ``(width + 1)``-th element of its (contiguous)
+        memory: an ``index_put`` of the fill value at those indices."""
+        bound = bind_args(aten.fill_diagonal_.default, node.args, node.kwargs)
+        ref = self.ref_of(bound["self"], node)
+        val = ref.val
+        if not views.is_static(val):
+            raise UnsupportedError("fill_diagonal_ with symbolic sizes", node, pattern="unknown-mutable-op",
+                                   hint="trace with static shapes, or use torch.diagonal(...).fill_")
+        height, width = val.shape[0], val.shape[1]
+        device = val.device
+        if bound["wrap"] and val.dim() == 2 and height > width + 1:
+            if not val.is_contiguous():
+                raise UnsupportedError("fill_diagonal_(wrap=True) of a non-contiguous tall matrix: eager wraps "
+                                       "by memory position", node, pattern="stride-sensitive-write",
+                                       hint="make the tensor contiguous first")
+            flat = self.call(aten.arange.start_step, (0, val.numel(), width + 1), {"dtype": torch.long, "device": device},
+                             origin=node)
+            indices = [self.call(aten.div.Tensor_mode, (flat, width), {"rounding_mode": "floor"}, origin=node),
+                       self.call(aten.remainder.Scalar, (flat, width), origin=node)]
+        else:
+            diag = self.call(aten.arange.default, (min(height, width),), {"dtype": torch.long, "device": device},
+                             origin=node)
+            indices = [diag] * val.dim()
+        fill = self.call(aten.scalar_tensor.default, (bound["fill_value"],), {"dtype": val.dtype, "device": device},
+                         origin=node)
+        value = self.call(aten.index_put.default, (self.read(ref, written=True), indices, fill), origin=node,
+                          note="was fill_diagonal_")
+        self.report.add("functionalized", node, "aten.index_put", "fill_diagonal_ as index_put at the diagonal")
+        self.write(ref, value, node)
+        self.env[node] = ref
 
     def _resize_(self, node):
         bound = bind_args(aten.resize_.default, node.args, node.kwargs)

@@ -347,6 +347,17 @@ def as_strided_write_into_transposed_input(x):
     return x * 1
 
 
+def fill_diagonal_wrapping_tall_matrix(x):
+    x.fill_diagonal_(1.5, wrap=True)
+    return x.sum(0)
+
+
+def fill_diagonal_of_transposed_cube_view(x):
+    t = x.permute(2, 0, 1)
+    t.fill_diagonal_(-2.0)
+    return t * 1
+
+
 def write_through_detached_alias_with_grad_operands_oop(x):   # eager backward rejects the above
     t = x.detach()
     t.copy_(t.clone().addcmul_(x.clone(), x.sum().clone(), value=0.5))
@@ -464,6 +475,8 @@ _CASES = [
      {"fn_oop": write_through_detached_alias_with_grad_operands_oop}),
     ("as_strided_read_after_write_to_transposed_input", as_strided_read_after_write_to_transposed_input, lambda: [_r(3, 3).mT], {}),
     ("as_strided_write_into_transposed_input", as_strided_write_into_transposed_input, lambda: [_leaf(3, 3).mT * 1], {}),
+    ("fill_diagonal_wrapping_tall_matrix", fill_diagonal_wrapping_tall_matrix, lambda: [_leaf(9, 3) * 1], {}),
+    ("fill_diagonal_of_transposed_cube_view", fill_diagonal_of_transposed_cube_view, lambda: [_leaf(3, 3, 3) * 1], {}),
     ("no_grad_foreach_over_aliased_list", no_grad_foreach_over_aliased_list, lambda: [_leaf(6) * 1], {"pre_dispatch": True}),
     ("write_through_detached_alias_of_intermediate", write_through_detached_alias_of_intermediate, lambda: [_leaf(3, 4, 5)], {}),
     ("partial_write_through_view_of_detached_input", partial_write_through_view_of_detached_input, lambda: [_leaf(6) * 1], {}),
