@@ -210,7 +210,8 @@ class Functionalizer:
         self.true_node = None
         self.val_cache: dict = {}   # fake values by the metadata of their inputs (see _metadata_key)
         self.autograd_active = None
-        self.has_autocast = any("autocast" in str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        self._has_autocast: Optional[bool] = None   # scanned on first need (see _traced_dtypes_trusted)
+        self._top_graph = gm.graph   # self.gm is switched to a body while inlining a HOP
 
     # ------------------------------------------------------------------ emission
     def call(self, target, args, kwargs=None, origin: Optional[torch.fx.Node] = None, note: Optional[str] = None,
@@ -452,12 +453,12 @@ class Functionalizer:
                 "(e.g. an expanded tensor): its new value cannot be written back",
                 origin, pattern="overlapping-write", hint="pass a contiguous input (e.g. .clone() it)")
         value = self._match_dtype(value, ref.val, origin)
-        k = _last_detach(ref.path)
-        if k is not None and self.grad_enabled is not False:
+        detach_at = _last_detach(ref.path)
+        if detach_at is not None and self.grad_enabled is not False:
             # Eager: the detached alias gets this write's history; its base keeps its own.
-            alias = ref.path[:k + 1]
+            alias = ref.path[:detach_at + 1]
             current = self.read(Ref(root, alias, alias[-1].val))
-            hist = self.scatter(current, ref.path[k + 1:], value)
+            hist = self.scatter(current, ref.path[detach_at + 1:], value)
             root.detached_history = {**(root.detached_history or {}), alias: hist}
             value = self.call(aten.detach.default, (value,), origin=origin, val=_val(value))   # the base's data
         path = views.from_storage(ref.path)   # as_strided writes storage, whatever view it is of
@@ -465,7 +466,7 @@ class Functionalizer:
         root.version += 1
         root.last_writer = origin
         root.visible_write |= not hidden
-        grad_mode = False if k is not None else self.grad_enabled
+        grad_mode = False if detach_at is not None else self.grad_enabled
         if grad_mode is False:
             is_input = root.input_node is not None
             root.no_grad_write = is_input and root.input_node.op == "placeholder"
@@ -695,7 +696,7 @@ class Functionalizer:
             # dtype, contiguous of a strided one): the fake values' storages decide.
             return self._copy(node)
         if (op._schema.name in RETURN_SELF_WHEN_NOOP or op._schema.name in RETURN_SELF_WHEN_NOOP_UNLESS_AUTOCAST
-                and not self.has_autocast) and views.same_metadata(val, ref.val):
+                and self._traced_dtypes_trusted()) and views.same_metadata(val, ref.val):
             # Eager returns the very same tensor object here (`x.float()` of a float x), so
             # later in-place and metadata mutations through the result are mutations of x.
             self.env[node] = ref
@@ -707,6 +708,14 @@ class Functionalizer:
             return
         step = views.ViewStep(op, args, kwargs, None, source=node, base_val=ref.val)
         self.env[node] = Ref(ref.root, ref.path + (step,), val)
+
+    def _traced_dtypes_trusted(self) -> bool:
+        """False in a graph with autocast regions (Dynamo's, lowered): there a value's traced
+        dtype may not be its dtype at run time."""
+        if self._has_autocast is None:
+            self._has_autocast = any("autocast" in str(n.target) for n in self._top_graph.nodes
+                                     if n.op == "call_function")
+        return not self._has_autocast
 
     def _mutation(self, node, op, info):
         if op._schema.name.startswith("aten::_foreach_") and info.written == ("self",) and not info.is_out:
@@ -761,10 +770,7 @@ class Functionalizer:
         eager_val = self.env[bound["self"]].val if info.is_random and isinstance(self.env.get(bound.get("self")), Ref) \
             else None
         if _is_tensor(eager_val) and self.env[bound["self"]].root.layout_unknown:
-            raise UnsupportedError(
-                f"{op} on a tensor that an out= op resized to a layout fxpurify cannot see: random "
-                "values are drawn in memory order", node, pattern="random-unknown-layout",
-                hint="allocate the out= tensor with its final size, or draw into a fresh tensor")
+            raise _random_of_unknown_layout(node)
         if variant.target is aten.normal_functional.default and _is_tensor(eager_val) \
                 and not views.is_dense(eager_val):
             raise _normal_with_gaps(node)
@@ -772,9 +778,7 @@ class Functionalizer:
                 and not self._holds_eagers_layout(self.env[bound["self"]]):
             args = (self._in_eager_layout(op, args[0], eager_val, node),) + tuple(args[1:])
             self_val = _val(args[0])
-        if _is_tensor(self_val) and not self_val.is_contiguous() and (
-                variant.target in DRAW_ORDER_SENSITIVE or (variant.target is aten.normal_functional.default
-                                                           and not views.is_dense(self_val))):
+        if _is_tensor(self_val) and not self_val.is_contiguous() and variant.target in DRAW_ORDER_SENSITIVE:
             new = self._random_in_memory_order(variant.target, args, kwargs, node)
         else:
             new = self.call(variant.target, args, kwargs, origin=node, note=f"was {op}",
@@ -973,10 +977,7 @@ class Functionalizer:
         if not _is_tensor(like) or not isinstance(ref, Ref):
             return False
         if ref.root.layout_unknown:
-            raise UnsupportedError(f"{node.target} of a tensor that an out= op resized to a layout fxpurify "
-                                   "cannot see: random values are drawn in memory order", node,
-                                   pattern="random-unknown-layout",
-                                   hint="allocate the out= tensor with its final size, or draw into a fresh tensor")
+            raise _random_of_unknown_layout(node)
         template = self._dense_template(like, lambda: self.read(ref), node)
         new = self.graph.node_copy(node, lambda a: template if a is node.args[0] else self._read_one(a))
         self.env[node] = self.new_root(new, node)
@@ -1017,11 +1018,8 @@ class Functionalizer:
         """Random values are drawn in memory order. ``bernoulli_`` fills ``self`` visiting its
         dims by decreasing stride; ``bernoulli.p`` fills a fresh contiguous tensor. Drawing into
         the permutation of ``self`` whose strides decrease, then permuting back, visits the
-        elements in the same order (checked against eager for transposed and gapped tensors).
-        ``normal_`` on a tensor with gaps uses a kernel no pure op reproduces: refused."""
+        elements in the same order (checked against eager for transposed and gapped tensors)."""
         val = _val(args[0])
-        if target is aten.normal_functional.default:
-            raise _normal_with_gaps(node)
         perm = self._memory_order(val, node)
         dense = self.call(aten.permute.default, (args[0], perm), origin=node)
         drawn = self.call(target, (dense,) + tuple(args[1:]), kwargs, origin=node, note=f"was {node.target}")
@@ -1302,6 +1300,13 @@ NEVER_SHARE_VALUES: set = set()
 
 
 _NO_KEY = object()
+
+
+def _random_of_unknown_layout(node) -> UnsupportedError:
+    return UnsupportedError(
+        f"{node.target} on a tensor that an out= op resized to a layout fxpurify cannot see: random "
+        "values are drawn in memory order", node, pattern="random-unknown-layout",
+        hint="allocate the out= tensor with its final size, or draw into a fresh tensor")
 
 
 def _normal_with_gaps(node) -> UnsupportedError:

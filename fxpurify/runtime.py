@@ -125,8 +125,7 @@ def copy_into(template: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     gaps): the pure form of ``copy_`` into a freshly allocated strided tensor. ``aten.copy`` has
     no derivative; the gradient is the identity to ``value`` (summed over broadcast dims)."""
     if torch.is_grad_enabled() and value.requires_grad:
-        out = _CopyInto.apply(template, value.expand(template.shape))
-        return out
+        return _CopyInto.apply(template, value.expand(template.shape))
     return torch.ops.aten.copy.default(template, value)
 
 
@@ -139,5 +138,4 @@ def restore_version(x: torch.Tensor, version: int) -> None:
     torch._C._autograd._unsafe_set_version_counter((x,), (version,))
 
 
-version_of._fxpurify_side_effect = True
 restore_version._fxpurify_side_effect = True

@@ -356,7 +356,7 @@ def _as_strided_fallback(e, step, base, value):
     if not base_val.is_contiguous() and is_static(base_val) and owns_storage_densely(base_val):
         # Dense in another dimension order (e.g. transposed): its permutation into memory order
         # is its storage laid flat.
-        perm = sorted(range(base_val.dim()), key=lambda d: (-base_val.stride(d), d))
+        perm = e._memory_order(base_val, step.source)
         base = e.call(aten.permute.default, (base, perm), origin=step.source)
         base_val = base.meta["val"]
     if not base_val.is_contiguous() or not isinstance(base_val.storage_offset(), int):
